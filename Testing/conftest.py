@@ -20,3 +20,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real test data not found at {SHARED_DATA}: clone the repository next to the shared/ folder")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def bare_engine():
+    """The LiteMedSAM backbone without adapters, on the CPU, fp32: the reference path of the tests."""
+    from segmote.engine.predictor import Engine
+
+    return Engine.load("lite-medsam", adapters="none", device="cpu")

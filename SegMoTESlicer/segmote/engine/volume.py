@@ -129,7 +129,9 @@ def _volume_from_image(image: sitk.Image, path: Path, modality: Optional[str] = 
     return Volume(array=array, grid=grid_of(image), modality=modality, path=path)
 
 
-def read_volume(path: str | Path, series: Optional[str] = None, modality: Optional[str] = None) -> Volume:
+def read_volume(
+    path: str | Path, series: Optional[str] = None, modality: Optional[str] = None, strict: bool = False
+) -> Volume:
     """Read a volume file, a 2-D image or a DICOM folder.
 
     Args:
@@ -137,6 +139,7 @@ def read_volume(path: str | Path, series: Optional[str] = None, modality: Option
             or a folder of DICOM files.
         series: SeriesInstanceUID or SeriesNumber, required when a DICOM folder holds several series.
         modality: overrides the modality (``"CT"`` makes the intensities count as HU).
+        strict: for DICOM folders, fail on a corrupt file instead of skipping it with a warning.
 
     Raises:
         InputError: missing, unreadable, corrupt or unsupported input; the message
@@ -148,7 +151,7 @@ def read_volume(path: str | Path, series: Optional[str] = None, modality: Option
     if path.is_dir():
         from ..dicom.series import read_series
 
-        dicom = read_series(path, series=series)
+        dicom = read_series(path, series=series, strict=strict)
         volume = _volume_from_image(dicom.image, path, modality or dicom.modality)
         volume.source_files = list(dicom.files)
         volume.series_uid = dicom.series_uid
@@ -225,6 +228,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     handle, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
     os.close(handle)
     temporary = Path(temporary_name)
+    # mkstemp creates the file readable by its owner only; give it the usual mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     try:
         write(temporary)
         os.replace(temporary, path)
