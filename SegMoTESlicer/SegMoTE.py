@@ -187,12 +187,12 @@ class SegMoTEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         # Backend
-        self.ui.backendModeComboBox.currentIndexChanged.connect(self._updateBackendWidgets)
+        self.ui.backendModeComboBox.connect("currentIndexChanged(int)", self._updateBackendWidgets)
         self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
         self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
 
         # Inputs
-        self.ui.segmentationSelector.currentNodeChanged.connect(self._onSegmentationChanged)
+        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onSegmentationChanged)
         self.ui.addSegmentButton.clicked.connect(self.onAddSegment)
 
         # Prompts
@@ -210,6 +210,9 @@ class SegMoTEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.batchRunButton.clicked.connect(self.onRunBatch)
         self.ui.exportButton.clicked.connect(self.onExport)
         self.ui.cancelJobButton.clicked.connect(self.onCancelJob)
+
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interactionNode, interactionNode.InteractionModeChangedEvent, self._onInteractionModeChanged)
 
         self._createShortcuts()
         self.initializeParameterNode()
@@ -344,9 +347,12 @@ class SegMoTEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "clear prompts": self.onClearPrompts,
             "propagate": self.onPropagate,
         }
+        mainWindow = slicer.util.mainWindow()
+        if mainWindow is None:  # Slicer started with --no-main-window (for example ctest)
+            return
         for key, actionName in SHORTCUTS.items():
             action = actions[actionName]
-            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut = qt.QShortcut(qt.QKeySequence(key), mainWindow)
             shortcut.activated.connect(action)
             shortcut.setEnabled(False)
             self._shortcuts.append(shortcut)
@@ -397,6 +403,14 @@ class SegMoTEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
         interactionNode.SetPlaceModePersistence(0 if kind == "box" else 1)
         interactionNode.SetCurrentInteractionMode(interactionNode.Place)
+
+    def _onInteractionModeChanged(self, caller, event) -> None:
+        # Placing ends when a box is finished or another tool takes over: release the prompt buttons.
+        if caller.GetCurrentInteractionMode() != caller.Place:
+            for button in (self.ui.positivePointButton, self.ui.negativePointButton, self.ui.boxButton):
+                button.blockSignals(True)
+                button.checked = False
+                button.blockSignals(False)
 
     def _stopPlacing(self) -> None:
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
@@ -599,6 +613,9 @@ class SegMoTEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentationNode = self._parameterNode.segmentation
             if not volumeNode or not segmentationNode:
                 raise InputError(_("select the input volume and the segmentation to export"))
+            if self._parameterNode.exportFormat == "DICOM-SEG":
+                if not installDependenciesWithConsent(dependencies.SERVER_REQUIREMENTS, needsTorch=False):
+                    raise InputError(_("DICOM-SEG export needs pydicom and highdicom: install them or choose NRRD or NIfTI"))
             path = self.logic.export(
                 volumeNode, segmentationNode, self._parameterNode.exportFormat,
                 pathlib.Path(self._parameterNode.exportFolder), self._parameterNode.addToDicomDatabase,
@@ -667,22 +684,22 @@ def sliceToRasArray(viewName: str) -> np.ndarray:
     return slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
 
 
-def installDependenciesWithConsent() -> bool:
-    """Install torch and the engine packages after the user agrees; return whether all are installed.
+def installDependenciesWithConsent(requirements=dependencies.ENGINE_REQUIREMENTS, needsTorch: bool = True) -> bool:
+    """Install missing packages (and torch when ``needsTorch``) after the user agrees; return whether all are installed.
 
     Torch comes from the PyTorch extension's installer, which picks the build
     for this computer's GPU driver. Nothing is installed without a confirmation.
     """
-    missing = dependencies.missing_requirements(dependencies.ENGINE_REQUIREMENTS)
-    torchMissing = dependencies.torch_missing()
+    missing = dependencies.missing_requirements(requirements)
+    torchMissing = needsTorch and dependencies.torch_missing()
     if not missing and not torchMissing:
         return True
 
     packages = (["torch" + dependencies.TORCH_REQUIREMENT] if torchMissing else []) + missing
-    question = _(
-        "Running SegMoTE on this computer needs these Python packages in Slicer:\n\n{packages}\n\n"
-        "Download and install them now? This can take several minutes and needs a few GB of disk space."
-    ).format(packages="\n".join(packages))
+    question = _("SegMoTE needs these Python packages in Slicer:\n\n{packages}\n\nDownload and install them now?").format(
+        packages="\n".join(packages))
+    if torchMissing:
+        question += "\n" + _("PyTorch is a download of several GB and takes several minutes to install.")
     if not slicer.util.confirmOkCancelDisplay(question, windowTitle=_("SegMoTE: install packages")):
         return False
 
@@ -690,9 +707,13 @@ def installDependenciesWithConsent() -> bool:
         try:
             import PyTorchUtils
         except ModuleNotFoundError:
-            raise InputError(_("install the PyTorch extension from the Extensions Manager, restart Slicer, then try again")) from None
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=dependencies.TORCH_REQUIREMENT) is None:
-            return False
+            PyTorchUtils = None
+        if PyTorchUtils is not None:
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=dependencies.TORCH_REQUIREMENT) is None:
+                return False
+        else:
+            # Without the PyTorch extension, pip picks PyPI's default torch build (CUDA on Linux, CPU elsewhere).
+            missing = ["torch" + dependencies.TORCH_REQUIREMENT] + missing
 
     if missing:
         try:
@@ -708,7 +729,7 @@ def installDependenciesWithConsent() -> bool:
                 slicer.util.pip_install(missing)
             finally:
                 progressDialog.close()
-    return not dependencies.missing_requirements(dependencies.ENGINE_REQUIREMENTS) and not dependencies.torch_missing()
+    return not dependencies.missing_requirements(requirements) and not (needsTorch and dependencies.torch_missing())
 
 
 #

@@ -6,8 +6,12 @@ plain sockets on 127.0.0.1 started by the tests.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -189,7 +193,8 @@ def test_error_statuses_map_to_classes(status: int, error_class: type) -> None:
     body = {"error": {"status": status, "code": "x", "message": "what failed", "field": "f", "error_id": "abc123"}}
     error = error_from_body(status, body, "http://host")
     assert type(error) is error_class
-    assert "what failed" in str(error) and "abc123" in str(error)
+    assert "what failed" in str(error)
+    assert "abc123" in str(error)
 
 
 # Against the real server
@@ -258,3 +263,58 @@ def test_expired_session_is_reported(server: ServerProcess) -> None:
     with pytest.raises(SessionExpiredError, match="open a new session"):
         session.segment({"coordinate_system": "IJK", "segments": [{"name": "x", "box": [[0, 0, 0], [3, 3, 0]]}]})
     session.close()  # closing an expired session is harmless
+
+
+PYTHON_3_9_SCRIPT = """
+import sys
+import numpy as np
+from segmote.client import SegMoTEClient
+
+client = SegMoTEClient(sys.argv[1], token=sys.argv[2])
+array = (np.arange(2 * 16 * 16, dtype=np.int16).reshape(2, 16, 16) % 200) - 100
+with client.open_session((array, {"origin_lps": (0, 0, 0), "spacing_ijk": (1, 1, 1)})) as session:
+    labels = session.segment({"coordinate_system": "IJK", "segments": [{"name": "x", "box": [[2, 2, 1], [12, 12, 1]]}]})
+print(sys.version_info[:2], labels.shape, labels.dtype, sorted(m for m in sys.modules if m.startswith("torch")))
+"""
+
+
+def python_3_9() -> str | None:
+    """A Python 3.9 interpreter with numpy: on PATH, or installed by pyenv."""
+    candidates = [shutil.which("python3.9"), *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")))]
+    for executable in filter(None, candidates):
+        probe = subprocess.run([executable, "-c", "import numpy"], capture_output=True)
+        if probe.returncode == 0:
+            return executable
+    return None
+
+
+@pytest.mark.skipif(python_3_9() is None, reason="needs python3.9 with numpy, the oldest Python the client supports")
+def test_client_runs_on_python_3_9(server: ServerProcess) -> None:
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "SegMoTESlicer")}
+    result = subprocess.run(
+        [python_3_9(), "-c", PYTHON_3_9_SCRIPT, server.url, TOKEN], capture_output=True, text=True, timeout=300, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3, 9) (2, 16, 16) uint8 []"
+
+
+def reject_uploads_early(connection: socket.socket, number: int) -> None:
+    request = read_request(connection)
+    if request.startswith(b"GET /v1/version"):
+        json_reply(connection, 200, {**VERSION_REPLY, "max_upload_bytes": 1 << 30})
+    elif request.startswith(b"GET /v1/health"):
+        json_reply(connection, 200, {"status": "ok"})
+    else:
+        # Reply without reading the body, then close, as servers do for a rejected upload.
+        body = {"error": {"status": 413, "code": "too_large", "message": "upload of 40000000 bytes exceeds the limit", "error_id": "e1"}}
+        json_reply(connection, 413, body)
+
+
+def test_early_rejection_of_an_upload_is_reported() -> None:
+    raw = RawServer(reject_uploads_early)
+    try:
+        noise = np.random.default_rng(1).integers(-1000, 1000, size=(80, 256, 256), dtype=np.int16)  # 10 MiB
+        with pytest.raises(UploadTooLargeError, match="exceeds the limit"):
+            SegMoTEClient(raw.url).open_session((noise, {"origin_lps": (0, 0, 0), "spacing_ijk": (1, 1, 1)}))
+    finally:
+        raw.close()

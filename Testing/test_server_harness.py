@@ -1,7 +1,7 @@
-"""Starting a real SegMoTE server for tests, and the prompts they share (this file holds no tests).
+"""Starting a real SegMoTE server for tests, and the prompts they share (this file contains no tests).
 
 The server runs in a child process started with ``python -m segmote.server
---port 0``; it prints ``SegMoTE server listening on URL`` once its socket is
+--port 0``. It prints ``SegMoTE server listening on URL`` once its socket is
 bound, so the tests know where to connect without polling.
 """
 
@@ -40,7 +40,7 @@ class ServerProcess:
         if torch_threads is not None:
             # Same thread count as the test process, so float reductions run in the same order.
             environment["OMP_NUM_THREADS"] = str(torch_threads)
-        # The log goes to a file: a pipe nobody reads would block the server once full.
+        # The log goes to a file because an unread pipe would block the server once full.
         self._log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "segmote.server", "--port", "0", "--device", "cpu", *options],

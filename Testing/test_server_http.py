@@ -168,7 +168,7 @@ def test_chunked_oversize_upload_gets_413(server: ServerProcess) -> None:
     assert f"more than {UPLOAD_LIMIT_MB << 20}" in error["message"]
 
 
-def test_upload_at_the_limit_is_not_rejected_for_size(server: ServerProcess) -> None:
+def test_upload_at_limit_passes_size_check(server: ServerProcess) -> None:
     # Control: a body of exactly the limit passes the size check and fails later, as a bad image (400).
     status, _, body = http_request(server.url, "POST", PATH_SESSIONS, bytes(UPLOAD_LIMIT_MB << 20), nifti_upload_headers())
     assert_error(status, body, 400)
@@ -348,7 +348,8 @@ def test_unknown_path_gets_json_404(server: ServerProcess) -> None:
 
 def test_log_has_no_patient_data(server: ServerProcess) -> None:
     log = server.stderr_text
-    assert "Session " in log and " created: " in log
+    assert "Session " in log
+    assert " created: " in log
     assert "ct.nii.gz" not in log
     assert "series/CT." not in log  # DICOM file names from the zip
     assert "ANON0001" not in log  # the DICOM series' PatientID
@@ -415,3 +416,14 @@ def test_missing_token_file_is_refused(tmp_path: Path) -> None:
     result = run_serve_command("--token-file", str(tmp_path / "absent.txt"), "--port", "0")
     assert result.returncode == 2
     assert "token file not found" in result.stderr
+
+
+def test_cli_serve_checks_the_host() -> None:
+    # The same check through the project's CLI entry point.
+    code = "import sys; from segmote.cli import main; sys.exit(main())"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "serve", "--host", "0.0.0.0", "--port", "0", "--adapters", "none"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "--token-file" in result.stderr

@@ -24,9 +24,23 @@ from test_server_harness import LIVER, PROMPT_SLICE_K, SPLEEN, STOMACH, ServerPr
 THREADS = 8
 
 
+# One torch thread on both sides: the same thread count keeps float sums in
+# the same order, and on a shared machine with few cores one thread was
+# several times faster per click than two.
+TORCH_THREADS = 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def server():
-    with ServerProcess(["--adapters", "none"], torch_threads=torch.get_num_threads()) as process:
+    with ServerProcess(["--adapters", "none"], torch_threads=TORCH_THREADS) as process:
         yield process
 
 

@@ -24,7 +24,7 @@ from segmote.geometry import lps_to_ras
 from segmote.wire import PATH_VERSION
 from SegMoTELib.backends import InProcessBackend, RemoteBackend
 from SegMoTELib.prompts import markups_to_prompts
-from SegMoTELib.viewgeometry import view_plane
+from SegMoTELib.viewgeometry import ViewPlane, view_plane
 
 LIVER = 5
 SLICE_K = 15
@@ -147,6 +147,28 @@ def test_remote_matches_in_process(ct, box_prompts, in_process, server_url):
     assert remote_mask.shape == local_mask.shape
     assert dice(remote_mask, local_mask) >= 0.99
     assert dice(remote_mask[SLICE_K], liver[SLICE_K]) >= MINIMUM_DICE
+
+
+def test_remote_result_covers_latest_prompt_only(ct, box_prompts, server_url):
+    """Two prompts for one segment name on different slices: the second result holds only its own slice."""
+    volume, liver = ct
+    grid = volume.grid
+    other_k = SLICE_K - 3
+    rows, cols = np.nonzero(liver[other_k])
+    corners_ijk = np.array([[cols.min() - 3, rows.min() - 3, other_k], [cols.max() + 3, rows.max() + 3, other_k]], float)
+    plane = ViewPlane(view="axial", axis_ijk=2, slice_index=other_k, angle_degrees=0.0)
+    other_prompts = markups_to_prompts("liver", plane, grid, box_ras=lps_to_ras(grid.ijk_to_lps(corners_ijk)))
+    session = RemoteBackend(server_url).open_session(volume.array, grid, "CT")
+    try:
+        first = session.segment(box_prompts)
+        second = session.segment(other_prompts)
+    finally:
+        session.close()
+
+    assert first[SLICE_K].any()
+    assert second[other_k].any()
+    assert not second[SLICE_K].any(), "the second result repeats the first prompt's slice"
+    assert second.sum() == second[other_k].sum()
 
 
 def test_remote_info_reports_model_device_version(server_url):

@@ -160,14 +160,19 @@ def test_dicom_seg_needs_source_files(series, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_label_map_export_round_trip(series, tmp_path):
+@pytest.mark.parametrize("suffix", [".nii.gz", ".seg.nrrd"])
+def test_label_map_export_round_trip(series, tmp_path, suffix):
     volume, labels = series
-    path = export_label_map(labels, volume.grid, tmp_path / "liver_spleen.nii.gz", label_table(["liver", "spleen"]))
+    path = export_label_map(labels, volume.grid, tmp_path / f"liver_spleen{suffix}", label_table(["liver", "spleen"]))
 
     image = sitk.ReadImage(str(path))
     assert np.array_equal(sitk.GetArrayFromImage(image), labels)
     np.testing.assert_allclose(image.GetOrigin(), volume.grid.origin_lps)
-    assert json.loads((tmp_path / "liver_spleen.nii.gz.labels.json").read_text()) == {"1": "liver", "2": "spleen"}
+    table = json.loads((tmp_path / f"liver_spleen{suffix}.labels.json").read_text())
+    assert table == {"1": "liver", "2": "spleen"}
+    if suffix == ".seg.nrrd":
+        assert image.GetMetaData("Segment0_Name") == "liver"
+        assert image.GetMetaData("Segment1_Name") == "spleen"
 
 
 def test_export_names_and_formats(tmp_path):

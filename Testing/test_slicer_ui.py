@@ -164,6 +164,40 @@ def test_parameter_names_match_parameter_node():
         assert f"    {parameter}:" in source, f"parameter {parameter} is not declared in SegMoTEParameterNode"
 
 
+def module_constant(name: str):
+    """Return the value of a module-level constant of SegMoTE.py (parsed, not executed)."""
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{name} not found in SegMoTE.py")
+
+
+def test_shortcuts_leave_slice_view_keys_alone():
+    # Keys that Slicer 5.6 slice views handle themselves (vtkMRMLSliceIntersectionWidget).
+    slice_view_keys = {"b", "f", "g", "r", "t", "v"}
+    shortcuts = module_constant("SHORTCUTS")
+
+    assert set(shortcuts.values()) == {"include point", "exclude point", "box", "clear prompts", "propagate"}
+    assert not set(shortcuts) & slice_view_keys
+
+
+def test_user_errors_are_translatable():
+    """Every InputError raised in the module file has its message wrapped in _() for translation."""
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    raised = [node.exc for node in ast.walk(tree)
+              if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+              and getattr(node.exc.func, "id", None) == "InputError"]
+
+    assert len(raised) > 10
+    for call in raised:
+        message = call.args[0]
+        while isinstance(message, ast.Call) and isinstance(message.func, ast.Attribute):  # _("...").format(...)
+            message = message.func.value
+        assert isinstance(message, ast.Call), ast.unparse(call)
+        assert getattr(message.func, "id", None) == "_", ast.unparse(call)
+
+
 def test_ui_loads_with_qt(tmp_path):
     from PySide6.QtWidgets import QWidget
 

@@ -1,7 +1,7 @@
 """Measure the remote click against the in-process click, on loopback.
 
 Starts a real server (``python -m segmote.server``, bare LiteMedSAM, CPU
-unless ``--device`` says otherwise) and runs the same prompts through the
+unless ``--device`` sets another) and runs the same prompts through the
 HTTP client and through an in-process :class:`VolumeSession`:
 
 - per-click round trip on a slice already encoded (p50, p95), next to the
@@ -58,8 +58,8 @@ def prompts_for(box: list[list[int]], name: str = "liver") -> dict:
     return {"coordinate_system": "IJK", "segments": [{"name": name, "view": "axial", "box": box}]}
 
 
-def start_server(device: str) -> tuple[subprocess.Popen, str]:
-    environment = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+def start_server(device: str, threads: int) -> tuple[subprocess.Popen, str]:
+    environment = dict(os.environ, OMP_NUM_THREADS=str(threads))
     process = subprocess.Popen(
         [sys.executable, "-m", "segmote.server", "--port", "0", "--adapters", "none", "--device", device, "--quiet"],
         stdout=subprocess.PIPE, text=True, env=environment,
@@ -83,6 +83,9 @@ def main() -> int:
     parser.add_argument("--clicks", type=int, default=40, help="clicks on the encoded slice (default 40)")
     parser.add_argument("--sessions", type=int, default=10, help="sessions for the memory figure (default 10)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="model device of both sides (default cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads on both sides (default 1: on a loaded machine with few cores, "
+                             "more threads made each click slower)")
     parser.add_argument("--markdown", type=Path, help="also write the results table to this file")
     args = parser.parse_args()
 
@@ -90,7 +93,8 @@ def main() -> int:
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(args.data / "ct_abdomen_small" / "labels.nii.gz")))
     k = int((labels == LIVER).sum(axis=(1, 2)).argmax())
     boxes = liver_boxes(labels, k, args.clicks)
-    process, url = start_server(args.device)
+    torch.set_num_threads(args.threads)
+    process, url = start_server(args.device, args.threads)
     try:
         engine = Engine.load(adapters="none", device=args.device)
         local = VolumeSession(engine, read_volume(ct_path))
@@ -102,8 +106,11 @@ def main() -> int:
         first_remote_ms, _ = timed(remote.segment, prompts_for(boxes[0]))
         first_local_ms, _ = timed(local.segment, parse_prompts(prompts_for(boxes[0])).segments[0], "IJK")
 
-        # Clicks on the encoded slice, interleaved so both sides see the same machine load.
-        remote_ms, local_ms, sent, received, region_voxels = [], [], [], [], []
+        # Clicks on the encoded slice: in process, remote, in process again. The
+        # phases are not interleaved because idle OpenMP threads of one process
+        # spin for a while and would slow the other on a machine with few cores.
+        local_ms = [timed(local.segment, parse_prompts(prompts_for(box)).segments[0], "IJK")[0] for box in boxes]
+        remote_ms, sent, received, region_voxels = [], [], [], []
         for box in boxes:
             before_sent, before_received = remote.bytes_sent, remote.bytes_received
             elapsed, _ = timed(remote.segment, prompts_for(box))
@@ -111,8 +118,7 @@ def main() -> int:
             sent.append(remote.bytes_sent - before_sent)
             received.append(remote.bytes_received - before_received)
             region_voxels.append(int(np.prod(remote.last_regions[0].array.shape)))
-            elapsed, _ = timed(local.segment, parse_prompts(prompts_for(box)).segments[0], "IJK")
-            local_ms.append(elapsed)
+        local_ms += [timed(local.segment, parse_prompts(prompts_for(box)).segments[0], "IJK")[0] for box in boxes]
         assert remote.encoder_calls == 1, "a click on the encoded slice encoded it again"
 
         # Memory after N sessions with one click each.
@@ -138,7 +144,7 @@ def main() -> int:
         ("machine", f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, device {args.device}"),
         ("volume", f"ct_abdomen_small {list(labels.shape)} (K, J, I), axial slice {k}, bare LiteMedSAM"),
         ("click on an encoded slice, remote round trip", f"p50 {p50_remote:.1f} ms, p95 {p95_remote:.1f} ms ({len(remote_ms)} clicks)"),
-        ("same prompts in process (VolumeSession.segment)", f"p50 {p50_local:.1f} ms, p95 {p95_local:.1f} ms"),
+        ("same prompts in process (VolumeSession.segment)", f"p50 {p50_local:.1f} ms, p95 {p95_local:.1f} ms ({len(local_ms)} clicks, before and after the remote ones)"),
         ("ratio remote / in-process", f"p50 {p50_remote / p50_local:.2f}, p95 {p95_remote / p95_local:.2f}"),
         ("first click on a new slice (encode + decode)", f"remote {first_remote_ms:.0f} ms, in-process {first_local_ms:.0f} ms"),
         ("bytes per click", f"sent {statistics.median(sent):.0f}, received median {statistics.median(received):.0f}, max {max(received)}"),

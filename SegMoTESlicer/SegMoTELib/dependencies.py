@@ -2,7 +2,7 @@
 
 Torch is not in these lists: it is installed through the PyTorch extension
 (PyTorchUtils), which picks the build that matches the computer's GPU driver.
-Nothing here installs anything; the module asks the user first. This module
+Nothing here installs anything, and the module installs only after the user confirms. This module
 imports neither slicer, Qt nor torch.
 """
 
@@ -50,7 +50,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 def is_satisfied(requirement: str) -> bool:
-    """Whether a ``name`` or ``name>=version`` requirement is installed.
+    """Return whether a ``name`` or ``name>=version`` requirement is installed.
 
     Raises:
         ValueError: the requirement uses another form than ``name`` or ``name>=version``.
@@ -72,5 +72,5 @@ def missing_requirements(requirements: Sequence[str]) -> list[str]:
 
 
 def torch_missing() -> bool:
-    """Whether torch is missing or older than :data:`TORCH_REQUIREMENT`."""
+    """Return whether torch is missing or older than :data:`TORCH_REQUIREMENT`."""
     return not is_satisfied("torch" + TORCH_REQUIREMENT)

@@ -1,10 +1,10 @@
 """Work off the main thread: progress, cancel, and batch runs.
 
 Slicer's GUI runs on the main thread, and VTK and Qt objects must be touched
-only there. A :class:`BackgroundJob` runs a plain function on a worker thread;
-the function reports progress through a callback and checks a cancel event;
-the main thread polls :meth:`BackgroundJob.state` from a timer and updates the
-progress bar. This module imports neither slicer, Qt nor torch.
+only there. A :class:`BackgroundJob` runs a plain function on a worker thread.
+The function reports progress through a callback and checks a cancel event,
+while the main thread polls :meth:`BackgroundJob.state` from a timer and
+updates the progress bar. This module imports neither slicer, Qt nor torch.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ class JobCancelled(Exception):
 def user_message(error: BaseException) -> str:
     """Return a one-line message for an error, without a traceback.
 
-    Errors meant for users (SegMoTE's own, and the client's) carry their
-    message as it is; anything else gets its type name so a report can find it.
+    Errors meant for users (SegMoTE's own, and the client's) keep their
+    message as it is. Any other error gets its type name, so a bug report can name it.
     """
     if isinstance(error, SegMoTEError) or type(error).__name__.endswith("ClientError"):
         return str(error)

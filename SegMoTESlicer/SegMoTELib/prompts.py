@@ -4,7 +4,7 @@ The module collects the prompts of one segment on one slice into a
 :class:`PromptGroup`: foreground and background points (from two point-list
 markups) and at most one box (from an ROI markup). The group turns into the
 prompts JSON with ``coordinate_system`` RAS, every position moved onto the
-centre of its voxel slice, so that the backend sees points and box on one
+centre of its voxel slice, so that the backend receives points and box on one
 slice of the named view.
 
 This module imports neither slicer, Qt nor torch.
@@ -64,7 +64,7 @@ class PromptGroup:
     box_ras: Optional[tuple[tuple[float, float, float], tuple[float, float, float]]] = None
 
     def matches(self, segment_name: str, plane: ViewPlane) -> bool:
-        """Whether a new prompt for ``segment_name`` on ``plane`` belongs to this group."""
+        """Return whether a new prompt for ``segment_name`` on ``plane`` belongs to this group."""
         return (
             self.segment_name == segment_name
             and self.plane.axis_ijk == plane.axis_ijk

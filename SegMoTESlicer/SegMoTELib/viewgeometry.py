@@ -1,8 +1,9 @@
-"""Which volume slice a Slicer slice view shows, and voxel positions of clicks in it.
+"""Mapping of Slicer slice views to volume slices, and of clicks to voxels.
 
 Slicer describes a volume by its 4 x 4 ``IJKToRAS`` matrix and a slice view by
-its ``SliceToRAS`` matrix, whose first three columns are the view's x, y and
-normal directions in RAS and whose last column is a point on the slice plane.
+its ``SliceToRAS`` matrix. The first three columns of ``SliceToRAS`` are the
+view's x, y and normal directions in RAS, and the last column is a point on
+the slice plane.
 The Red, Yellow and Green views can each show any orientation, so the patient
 view name sent to the backend comes from the slice normal, not from the view's
 colour.

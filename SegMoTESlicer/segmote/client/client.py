@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 Source = Union[str, Path, Tuple[np.ndarray, Any]]
 
+# Uploads larger than this are preceded by an authenticated health request, so
+# that a wrong token is reported before megabytes are sent for nothing.
+PREFLIGHT_MIN_BYTES = 1 << 20
+
 
 class SegMoTEClient:
     """A connection to one SegMoTE server.
@@ -145,6 +149,8 @@ class SegMoTEClient:
                 f"({limit / (1 << 20):.1f} MiB); crop or downsample the volume, or ask for a larger --max-upload-mb",
                 413, "too_large", "body",
             )
+        if len(body) > PREFLIGHT_MIN_BYTES:
+            self.health()  # a wrong token fails here, before the upload is sent
         headers = {"Content-Type": MEDIA_TYPE_BINARY, HEADER_UPLOAD: dump_header_json(description.to_json())}
         reply = self._transport.request("POST", PATH_SESSIONS, self.timeouts.upload_s, body, headers)
         session = RemoteSession(self._transport, reply.json())

@@ -194,14 +194,31 @@ class Transport:
                 "check the URL and that the server is running"
             ) from None
 
+    @staticmethod
+    def _response_after_failed_send(connection: http.client.HTTPConnection) -> Optional[http.client.HTTPResponse]:
+        """Return an error response that the server sent before the request body was complete, or None."""
+        try:
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException):
+            return None
+        return response if response.status >= 400 else None
+
     def _send(self, method: str, path: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Reply:
         connection = self._connection()
         if connection.sock is None:
             self._connect(connection)
         try:
             connection.sock.settimeout(timeout_s)
-            connection.request(method, path, body=body or None, headers=dict(headers))
-            response = connection.getresponse()
+            try:
+                connection.request(method, path, body=body or None, headers=dict(headers))
+            except RETRIED_ERRORS:
+                # A server may answer an upload it rejects (401, 413) before reading
+                # the body, and close the connection; read that response if it arrived.
+                response = self._response_after_failed_send(connection)
+                if response is None:
+                    raise
+            else:
+                response = connection.getresponse()
             data = response.read()
         except RETRIED_ERRORS:
             raise
@@ -216,6 +233,12 @@ class Transport:
             raise ServerUnreachableError(
                 f"{method} {self.address.url}{path} failed: {error.strerror or type(error).__name__}; "
                 "check the network between client and server"
+            ) from None
+        except http.client.HTTPException as error:
+            self._drop_connection()
+            raise ServerUnreachableError(
+                f"{method} {self.address.url}{path} got an invalid HTTP response ({type(error).__name__}); "
+                "check that the URL points to a SegMoTE server"
             ) from None
         if response.will_close:
             self._drop_connection()

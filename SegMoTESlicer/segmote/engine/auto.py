@@ -1,10 +1,9 @@
 """Prompt-free segmentation of named structures through a volume, with SegMoTE's learned prompt tokens.
 
 Slices are visited in increasing axial index. On each slice, every requested
-structure is decoded in ``AUTO_ROUNDS`` progressive rounds: the first round's
-dense prompt is the structure's mask on the previous slice (or "no mask"
-when it was absent there), and each later round gets the previous round's
-logits. A mask is kept when it is not empty and its predicted IoU reaches
+structure is decoded in ``AUTO_ROUNDS`` progressive rounds. The first round's
+dense prompt is the structure's mask on the previous slice, or "no mask" when
+it was absent there. Each later round gets the previous round's logits. A mask is kept when it is not empty and its predicted IoU reaches
 :data:`AUTO_MIN_IOU`. Where structures overlap, the earlier one in the
 request keeps the voxel.
 """

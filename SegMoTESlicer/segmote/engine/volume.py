@@ -90,9 +90,11 @@ def _volume_from_image(image: sitk.Image, path: Path, modality: Optional[str] = 
     """Check a SimpleITK image and turn it into a :class:`Volume` (2-D becomes one slice)."""
     dimension = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
-    if dimension == 4 or (dimension == 3 and image.GetSize()[2] > 1 and components > 1 and components not in (3, 4)):
+    if dimension == 4 or (dimension == 3 and components not in (1, 3, 4)):
+        # SimpleITK reads a 4-D NIfTI as 3-D with one component per time point.
+        extra = f" with {components} values per voxel" if dimension == 3 else ""
         raise InputError(
-            f"{path} is a {dimension}-D image of size {image.GetSize()}; SegMoTE needs one 3-D volume or 2-D image: "
+            f"{path} is a 4-D image (size {image.GetSize()}{extra}); SegMoTE needs one 3-D volume or 2-D image: "
             "extract one time point or channel first"
         )
     if dimension == 2:

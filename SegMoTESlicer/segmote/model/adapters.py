@@ -94,11 +94,11 @@ class SegMoTEAdapters(nn.Module):
         """Initialise the expert tokens like SAM's first mask token, so training starts near SAM's output.
 
         Each expert token starts as SAM's first mask token plus Gaussian noise
-        (``noise_std``, which breaks the symmetry between tokens); each expert
-        hypernetwork copies SAM's first hypernetwork; the expert IoU head
-        copies SAM's IoU head for that mask; the experts' and the fused
-        feature map's last layers start at zero, so at first the expert
-        tokens skip the MLP step and the feature map equals SAM's upscaled features.
+        of std ``noise_std``, which breaks the symmetry between tokens. Each
+        expert hypernetwork copies SAM's first hypernetwork, and the expert IoU
+        head copies SAM's IoU head for that mask. The last layers of the experts
+        and of the fused feature map start at zero. So at first the expert tokens
+        skip the MLP step and the feature map equals SAM's upscaled features.
         """
         decoder = backbone.mask_decoder
         with torch.no_grad():

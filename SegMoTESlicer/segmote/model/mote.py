@@ -4,9 +4,9 @@ A :class:`TokenRouter` sits in each two-way transformer block, after the
 token-to-image cross-attention. Each expert token is routed on its own to
 one of ``E`` small experts (top-1): in training with noisy gating, at
 inference deterministically. The kept expert's output is multiplied by a
-straight-through hard gate, whose forward value is 1 and whose gradient is
-that of the expert's softmax probability, so the router learns although a
-top-1 softmax over the kept expert alone would be constant.
+straight-through hard gate. Its forward value is 1 and its gradient is that
+of the expert's softmax probability. A top-1 softmax over the kept expert
+alone would be the constant 1, so without this the router would not learn.
 
 Shapes: ``B`` batch, ``T`` expert tokens, ``D`` token width (256 for SAM), ``E`` experts.
 """
@@ -42,7 +42,7 @@ class TokenExpert(nn.Module):
 
 @dataclass
 class RoutingResult:
-    """What a router did to one batch of expert tokens.
+    """Outputs of one router call on a batch of expert tokens.
 
     Attributes:
         output: ``(B, T, D)`` gated expert outputs, one per expert token.
@@ -113,8 +113,8 @@ def coefficient_of_variation_squared(values: torch.Tensor) -> torch.Tensor:
 def balance_loss(routings: list[RoutingResult]) -> torch.Tensor:
     """Load-balancing loss ``sum over routers of CV^2(importance) + CV^2(load)`` (unweighted).
 
-    Importance of an expert is the sum of the gate values routed to it (the
-    kept softmax probabilities); load is the number of tokens routed to it.
+    The importance of an expert is the sum of the gate values (kept softmax
+    probabilities) routed to it. Its load is the number of tokens routed to it.
     The caller weights the sum, by 0.01 in the default recipe.
     """
     total = routings[0].score.new_zeros(())

@@ -29,7 +29,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..engine.auto import check_structures
 from ..engine.session import Engine, VolumeSession
+from ..errors import InputError
 from ..protocol import parse_prompts
 from ..wire import (
     API_VERSION,
@@ -110,7 +112,7 @@ def _state(request: Request) -> Any:
     return request.app.state
 
 
-def require_client(request: Request) -> None:
+async def require_client(request: Request) -> None:
     """Check the bearer token and the client's API version on every request that needs them."""
     state = _state(request)
     check_bearer_token(request.headers.get(HEADER_AUTHORIZATION), state.settings.token)
@@ -158,7 +160,8 @@ def session_info(session: Session, settings: ServerSettings) -> dict[str, Any]:
         "dtype": str(volume.array.dtype),
         "encoder_calls": volume_session.encoder_calls,
         "cached_slices": len(volume_session.cache),
-        "segments": {name: state.revision for name, state in session.segments.items()},
+        # list() copies the items in one step, while a worker thread may add a segment.
+        "segments": {name: state.revision for name, state in list(session.segments.items())},
         "idle_timeout_s": settings.session_idle_timeout_s,
         "jobs": list(session.jobs),
     }
@@ -351,14 +354,10 @@ def _check_structures(requested: list[str], known: list[str]) -> list[str]:
             "start it with --adapters default or --adapters PATH",
             field="structures",
         )
-    names = [name.strip() for name in requested]
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise InvalidRequestError(
-            f"unknown structures {', '.join(repr(name) for name in unknown)}; known: {', '.join(known)}",
-            field="structures",
-        )
-    return names
+    try:
+        return check_structures(requested, known)
+    except InputError as error:
+        raise InvalidRequestError(str(error), field="structures") from None
 
 
 def _add_job_routes(router: APIRouter) -> None:

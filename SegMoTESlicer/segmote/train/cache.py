@@ -10,10 +10,11 @@ For each slice the cache stores one safetensors file with
 - ``masks``: uint8 ``(N, 256, 256)``, one mask per structure in the decoder's
   low-resolution frame (the padded encoder input, downsampled to 256 x 256);
 
-and, in the file's metadata, the sample's provenance, the structure names,
-which of them passed curation (prompted targets) and which are complete
-annotations of an automatic-segmentation class (empty masks included, so the
-prompt tokens also learn when a structure is absent).
+and, in the file's metadata, the sample's provenance and the structure names.
+The metadata also marks which structures passed curation (prompted targets)
+and which are complete annotations of an automatic-segmentation class. The
+latter include empty masks, so that the prompt tokens also learn when a
+structure is absent.
 """
 
 from __future__ import annotations

@@ -37,15 +37,15 @@ PAIRS_ROW_BUDGET: dict[str, Optional[int]] = {
     "breast_us_busi": None,
     "cardiac_mri_acdc": None,
     "ct_lesion_deeplesion": None,
-    "cxr_lungs": None,
+    "cxr_lungs": 12,
     "dermoscopy_isic": None,
-    "fundus_drive": None,
+    "fundus_drive": 8,
     "polyp_kvasir": None,
-    "thyroid_us_tg3k": 40,
+    "thyroid_us_tg3k": 16,
 }
 
 # Axial slices taken from each 3-D case of a pairs.tsv folder.
-SLICES_PER_VOLUME = {"brain_mri_brats": 8, "ct_lesion_deeplesion": 4}
+SLICES_PER_VOLUME = {"brain_mri_brats": 8, "ct_lesion_deeplesion": 3}
 
 # Folders that must never be used for training.
 EXCLUDED_FOLDERS = ("ct_abdomen_dicom",)

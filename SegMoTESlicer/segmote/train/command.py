@@ -66,10 +66,14 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     run.add_argument("--epoch-size", type=int, help="targets per epoch (default: every training target once)")
     run.add_argument("--batch-size", type=int, default=4, help="targets per step (default: 4)")
     run.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
+    run.add_argument("--ppt-lr-scale", type=float, default=1.0,
+                     help="factor on the learning rate of the prompt tokens, which start from random values (default: 1)")
     run.add_argument("--max-corrective-rounds", type=int, default=2, help="most corrective clicks per prompted batch")
     run.add_argument("--auto-rounds", type=int, default=3, help="progressive rounds per auto batch (default: 3)")
     run.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this many minutes")
     run.add_argument("--validation-limit", type=int, default=64, help="most validation targets scored per epoch")
+    run.add_argument("--keep-last", action="store_true",
+                     help="write the last epoch's adapters instead of the best epoch's by validation Dice")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
     run.add_argument("--seed", type=int, default=0, help="random seed")
     run.add_argument("--threads", type=int, help="torch CPU threads")
@@ -160,12 +164,14 @@ def run_train(args: argparse.Namespace) -> int:
         epoch_size=args.epoch_size,
         batch_size=args.batch_size,
         learning_rate=args.lr,
+        ppt_learning_rate_scale=args.ppt_lr_scale,
         max_corrective_rounds=args.max_corrective_rounds,
         auto_rounds=args.auto_rounds,
         validation_limit=args.validation_limit,
         max_minutes=args.max_minutes,
         warm_start=not args.no_warm_start,
         unfreeze_decoder=args.unfreeze_decoder,
+        keep_last=args.keep_last,
         seed=args.seed,
     )
     trainer = Trainer(backbone, adapters, slices, config)

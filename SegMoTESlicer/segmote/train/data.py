@@ -1,8 +1,8 @@
 """Training and validation targets from cached slices, with a patient-level split.
 
-A *prompted target* is one structure (or one major connected component of
-it, when a structure such as the lungs or kidneys falls apart into separate
-objects) that passed curation; it is segmented from a box or clicks. An
+A *prompted target* is one structure that passed curation, segmented from a
+box or clicks. When a structure such as the lungs or kidneys falls apart into
+separate objects, each major connected component is a target of its own. An
 *auto target* is one named structure of a completely annotated slice,
 empty masks included; it is segmented by the structure's learned prompt tokens.
 """
@@ -21,8 +21,8 @@ from scipy import ndimage
 from .cache import CachedSlice
 
 # A structure with several connected components is split into separate
-# prompted targets when each of at least two components holds this fraction
-# of its pixels (both lungs, both kidneys); smaller specks stay attached.
+# prompted targets when at least two components each contain this fraction
+# of its pixels (both lungs, both kidneys). Smaller specks stay attached.
 MAJOR_COMPONENT_FRACTION = 0.1
 
 # Share of patients per data set held out for validation.
@@ -53,9 +53,9 @@ class Target:
 def split_patients(slices: list[CachedSlice], fraction: float = VALIDATION_FRACTION) -> tuple[set[str], set[str]]:
     """Split ``dataset/patient`` ids into training and validation sets.
 
-    Within each data set, patients are ordered by a hash of their id (stable
-    across runs and machines) and the first ``ceil(fraction * n)`` go to
-    validation; a set with one patient, or listed in :data:`TRAIN_ONLY_SETS`,
+    Within each data set, patients are ordered by a hash of their id, which is
+    stable across runs and machines. The first ``ceil(fraction * n)`` go to
+    validation. A set with one patient, or listed in :data:`TRAIN_ONLY_SETS`,
     stays in training.
     """
     patients: dict[str, set[str]] = defaultdict(set)

@@ -50,7 +50,9 @@ class TrainConfig:
         epochs: number of epochs.
         epoch_size: targets drawn per epoch (None: every training target once).
         batch_size: targets per step.
-        learning_rate: AdamW learning rate.
+        learning_rate: AdamW learning rate of the MoTE parameters.
+        ppt_learning_rate_scale: factor on the learning rate of the prompt tokens,
+            which start from random values while MoTE starts from SAM's mask token.
         weight_decay: AdamW weight decay.
         max_corrective_rounds: corrective clicks per prompted batch, drawn from 0 to this.
         auto_rounds: progressive rounds per automatic batch.
@@ -59,6 +61,9 @@ class TrainConfig:
         max_minutes: stop after the epoch that passes this wall time (None: no limit).
         warm_start: initialise the expert tokens from SAM's first mask token.
         unfreeze_decoder: also train a copy of SAM's mask decoder (in-domain setting).
+        keep_last: write the last epoch's adapters to ``output`` instead of the
+            best epoch's by validation Dice (which would pick the epoch on the
+            same patients that the benchmark then reports).
         seed: random seed.
     """
 
@@ -68,6 +73,7 @@ class TrainConfig:
     epoch_size: Optional[int] = None
     batch_size: int = 4
     learning_rate: float = 1e-4
+    ppt_learning_rate_scale: float = 1.0
     weight_decay: float = 0.01
     max_corrective_rounds: int = 2
     auto_rounds: int = 3
@@ -76,6 +82,7 @@ class TrainConfig:
     max_minutes: Optional[float] = None
     warm_start: bool = True
     unfreeze_decoder: bool = False
+    keep_last: bool = False
     seed: int = 0
     metadata: dict = field(default_factory=dict)
 
@@ -123,8 +130,12 @@ class Trainer:
         if not self.targets.train_prompted:
             raise InputError("no training targets left after curation and the patient split; add data")
         self.device = backbone.pixel_mean.device
-        self.parameters = [p for p in adapters.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        ppt = [p for name, p in adapters.named_parameters() if name.startswith("ppt.") and p.requires_grad]
+        rest = [p for name, p in adapters.named_parameters() if not name.startswith("ppt.") and p.requires_grad]
+        groups = [{"params": rest, "lr": config.learning_rate}]
+        if ppt:
+            groups.append({"params": ppt, "lr": config.learning_rate * config.ppt_learning_rate_scale})
+        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.epoch = 0
         self.best_dice = -1.0
         self.neighbours = self._neighbour_index()
@@ -285,8 +296,8 @@ class Trainer:
                 log.write(json.dumps(line) + "\n")
             logger.info("Epoch %d: %s", self.epoch, line)
             score = result.get("box_dice", 0.0) + result.get("auto_dice", 0.0)
-            if score > self.best_dice:
-                self.best_dice = score
+            if score > self.best_dice or config.keep_last:
+                self.best_dice = max(score, self.best_dice)
                 self.adapters.metadata["validation"] = {"epoch": self.epoch, **result}
                 save_adapters(self.adapters, config.output)
             self.save_checkpoint()
@@ -302,7 +313,13 @@ class Trainer:
         total = config.epoch_size or (len(prompted) + len(automatic))
         auto_count = int(round(total * config.auto_fraction)) if automatic else 0
         prompted_pick = [prompted[i] for i in self.rng.choice(len(prompted), total - auto_count, replace=total - auto_count > len(prompted))]
-        auto_pick = [automatic[i] for i in self.rng.choice(len(automatic), auto_count, replace=auto_count > len(automatic))] if auto_count else []
+        auto_pick = []
+        if auto_count:
+            # Present structures are drawn three times as often as absent ones, so
+            # that the many empty slices do not teach the tokens to predict nothing.
+            weights = np.array([3.0 if bool(t.mask.any()) else 1.0 for t in automatic])
+            picks = self.rng.choice(len(automatic), auto_count, replace=True, p=weights / weights.sum())
+            auto_pick = [automatic[i] for i in picks]
 
         # Batches of one kind each, interleaved at random.
         size = config.batch_size

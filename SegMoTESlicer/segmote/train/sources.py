@@ -137,8 +137,8 @@ def read_pairs_table(folder: Path) -> list[dict[str, str]]:
 def patient_of(folder_name: str, image_path: str) -> str:
     """Return the patient id of a pairs.tsv row.
 
-    CURVAS file names start with the patient id before ``_``; BraTS and
-    DeepLesion rows are one patient per case; any other image is its own patient.
+    CURVAS file names start with the patient id before ``_``. BraTS and
+    DeepLesion rows are one patient per case. Any other image is its own patient.
     """
     name = Path(image_path).name
     if folder_name == "abdomen_ct_curvas":
