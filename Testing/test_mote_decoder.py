@@ -129,3 +129,40 @@ def test_balance_loss_zero_when_balanced_positive_when_skewed():
     skewed = RoutingResult(torch.zeros(2, 4, 8), torch.zeros(2, 4, dtype=torch.long), torch.full((2, 4), 0.5), torch.full((2, 4, E), 0.25))
     assert float(balance_loss([balanced])) == pytest.approx(0.0, abs=1e-6)
     assert float(balance_loss([skewed])) > 1.0
+
+
+@torch.no_grad()
+def test_expert_iou_scores_mask_quality(shared_data, backbone):
+    # The engine picks outputs and stops propagation by this score, so it must
+    # rank a box on the object above a box on empty background.
+    from segmote.engine.preprocess import prepare_slice
+    from segmote.model.adapters import DEFAULT_ADAPTERS, load_adapters
+    from segmote.train.masks import read_binary_mask
+    from segmote.train.sources import read_image_2d, read_pairs_table
+
+    root = shared_data / "pool" / "breast_us_busi"
+    row = read_pairs_table(root)[1]
+    image = read_image_2d(root / row["image"])
+    mask = read_binary_mask(root / row["masks"])
+    tensor, transform = prepare_slice(image, (1.0, 1.0), backbone.info.image_size)
+    embedding, early = backbone.encode(tensor)
+    adapters = load_adapters(DEFAULT_ADAPTERS, backbone)
+
+    rows, cols = mask.nonzero()
+    corners_rc = [[rows.min(), cols.min()], [rows.max(), cols.max()]]
+    on_object = transform.rc_to_xy(corners_rc).reshape(1, 4)
+    height, width = on_object[0, 3] - on_object[0, 1], on_object[0, 2] - on_object[0, 0]
+    # The same box size in the image corner farthest from the lesion.
+    far_x = 2.0 if on_object[0, 0] > 128 else 254.0 - width
+    far_y = 2.0 if on_object[0, 1] > 128 else 254.0 - height
+    background = [[far_x, far_y, far_x + width, far_y + height]]
+
+    scores = []
+    for box in (on_object, background):
+        sparse, dense = backbone.prompt_encoder(None, torch.as_tensor(box, dtype=torch.float32), None)
+        logits, iou, expert = adapters.decode_prompted(backbone, embedding, early, sparse, dense)
+        assert iou.shape == (1, 1)
+        assert expert.shape == (1,)
+        assert 0 <= int(expert) < adapters.config["num_experts"]
+        scores.append(float(iou))
+    assert scores[0] > scores[1], scores

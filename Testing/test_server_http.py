@@ -6,6 +6,7 @@ test_server_segment.py.
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import subprocess
@@ -157,8 +158,6 @@ def test_chunked_oversize_upload_gets_413(server: ServerProcess) -> None:
     chunks = (bytes(1 << 20) for _ in range(UPLOAD_LIMIT_MB + 1))
     address = server.url.split("//")[1]
     host, port = address.split(":")
-    import http.client
-
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
     connection.request("POST", PATH_SESSIONS, body=chunks, headers=nifti_upload_headers(), encode_chunked=True)
     response = connection.getresponse()
@@ -427,3 +426,18 @@ def test_cli_serve_checks_the_host() -> None:
     )
     assert result.returncode == 2
     assert "--token-file" in result.stderr
+
+
+def test_keep_alive_requests_are_fast(server: ServerProcess) -> None:
+    # With Nagle's algorithm on, each response on a reused connection waited
+    # about 40 ms for the client's delayed ACK.
+    host, port = server.url.split("//")[1].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    elapsed = []
+    for _ in range(15):
+        start = time.perf_counter()
+        connection.request("GET", PATH_VERSION)
+        connection.getresponse().read()
+        elapsed.append(time.perf_counter() - start)
+    connection.close()
+    assert sorted(elapsed)[7] < 0.030

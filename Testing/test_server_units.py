@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import stat
 import threading
 import zipfile
@@ -15,7 +16,8 @@ from segmote.engine.session import Engine, VolumeSession
 from segmote.engine.volume import volume_from_array
 from segmote.errors import InputError
 from segmote.server.auth import check_bearer_token, is_loopback_host, read_token_file
-from segmote.server.errors import AuthenticationError, CapacityError, NotFoundError, SessionExpiredError
+from segmote.server.command import bind_socket
+from segmote.server.errors import AuthenticationError, CapacityError, NotFoundError, SessionExpiredError, _LogRateLimit
 from segmote.server.jobs import AutoJob, run_job
 from segmote.server.sessions import SessionRegistry
 from segmote.server.uploads import extract_zip
@@ -267,3 +269,21 @@ def test_wait_for_change_returns_on_update() -> None:
     timer.start()
     job.wait_for_change(version, timeout_s=10)
     assert job.version == version + 1
+
+
+def test_listening_socket_is_tcp() -> None:
+    # asyncio turns Nagle's algorithm off only on sockets whose protocol is IPPROTO_TCP.
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
+def test_client_error_log_is_rate_limited() -> None:
+    limiter = _LogRateLimit(limit=3, window_s=3600)
+    allowed = [limiter.allow("unauthorized")[0] for _ in range(5)]
+    assert allowed == [True, True, True, False, False]
+    assert limiter.allow("invalid_input") == (True, 0)  # other codes count separately
+    limiter.window_s = -1.0  # the window has ended
+    assert limiter.allow("unauthorized") == (True, 2)

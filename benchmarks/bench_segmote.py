@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the full report as JSON")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--limit", type=int, help="score at most this many targets of each kind (a quick check)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
@@ -190,6 +191,9 @@ def main() -> None:
     keys = json.loads(args.keys.read_text()) if args.keys else None
     slices = load_cache(args.cache, keys)
     split = make_targets(slices, adapters.structures)
+    if args.limit:
+        split.validation_prompted = split.validation_prompted[:: max(1, len(split.validation_prompted) // args.limit)][: args.limit]
+        split.validation_auto = [t for t in split.validation_auto if bool(t.mask.any())][: args.limit]
     logger.info("%d slices; %d held-out prompted and %d auto targets", len(slices), len(split.validation_prompted), len(split.validation_auto))
 
     report = {

@@ -46,6 +46,8 @@ def add_common_options(parser: argparse.ArgumentParser, model: bool = True) -> N
                         help="weights file for backbones that are not shipped (or set SEGMOTE_CHECKPOINT)")
     parser.add_argument("--adapters", default="default",
                         help="SegMoTE adapters: 'default' (shipped, when present), 'none' (bare backbone) or a .safetensors path")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="image encoder precision; bf16 is faster on CPUs with bfloat16 support (default: fp32)")
     parser.add_argument("--series", default=None,
                         help="SeriesInstanceUID or SeriesNumber when a DICOM folder holds several series")
     parser.add_argument("--strict", action="store_true",

@@ -69,7 +69,7 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
 def _load_engine(args: argparse.Namespace):
     from .engine.predictor import Engine
 
-    return Engine.load(args.backbone, args.checkpoint, args.adapters, args.device)
+    return Engine.load(args.backbone, args.checkpoint, args.adapters, args.device, args.precision)
 
 
 def _check_output(path: Path, dicom_input: bool) -> Path:

@@ -125,7 +125,7 @@ class SegMoTEClient:
                 optionally ``modality``.
             series: SeriesInstanceUID or SeriesNumber, when the DICOM folder contains several series.
             window: CT window (``soft_tissue``, ``lung``, ``bone``, ``brain``); None lets the server choose.
-            modality: DICOM modality, such as ``CT`` or ``MR``, when the file does not say.
+            modality: DICOM modality, such as ``CT`` or ``MR``, when the file does not record it.
 
         Raises:
             InputError: an unreadable source, or a volume the server rejects.

@@ -212,8 +212,8 @@ class Transport:
             try:
                 connection.request(method, path, body=body or None, headers=dict(headers))
             except RETRIED_ERRORS:
-                # A server may answer an upload it rejects (401, 413) before reading
-                # the body, and close the connection; read that response if it arrived.
+                # A server may respond to an upload it rejects (401, 413) before reading
+                # the body, and then close the connection. Read that response if it arrived.
                 response = self._response_after_failed_send(connection)
                 if response is None:
                     raise

@@ -1,6 +1,6 @@
 """The model behind one engine: backbone, optional SegMoTE adapters, device, encode and decode.
 
-:class:`Engine` is shared by all volumes (and by all server sessions); it holds
+:class:`Engine` is shared by all volumes and by all server sessions. It keeps
 no per-volume state and is not thread-safe, so callers serialise calls to it.
 """
 
@@ -21,6 +21,10 @@ from .preprocess import SliceTransform
 logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+
+# Encoder precisions. fp32 is the reference that the tests run; bf16 runs the
+# encoder under autocast and is checked against fp32 in benchmarks/bench_engine.py.
+PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -57,10 +61,19 @@ class Engine:
     Build it with :meth:`load`. ``adapters`` is None when the bare backbone is used.
     """
 
-    def __init__(self, backbone: Backbone, adapters: Optional[torch.nn.Module], device: torch.device) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        adapters: Optional[torch.nn.Module],
+        device: torch.device,
+        precision: str = "fp32",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise InputError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.backbone = backbone
         self.adapters = adapters
         self.device = device
+        self.precision = precision
 
     @classmethod
     def load(
@@ -69,6 +82,7 @@ class Engine:
         checkpoint: Optional[str | Path] = None,
         adapters: Optional[str | Path] = "default",
         device: str = "auto",
+        precision: str = "fp32",
     ) -> "Engine":
         """Build the backbone and load adapters.
 
@@ -78,15 +92,18 @@ class Engine:
             adapters: ``"default"`` (the shipped adapters for this backbone, when present),
                 ``"none"``/None (the bare backbone), or a path to a ``.safetensors`` file.
             device: ``auto``, ``cpu`` or ``cuda``.
+            precision: ``fp32`` or ``bf16`` (the image encoder under bfloat16 autocast).
         """
+        if precision not in PRECISIONS:
+            raise InputError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         torch_device = resolve_device(device)
         model = build_backbone(backbone, checkpoint, torch_device)
         loaded = _load_adapters(adapters, model)
-        return cls(model, loaded, torch_device)
+        return cls(model, loaded, torch_device, precision)
 
     @property
     def structures(self) -> list[str]:
-        """Structure names that auto-segmentation knows (empty without adapters)."""
+        """Structure names that auto-segmentation accepts (empty without adapters)."""
         return list(getattr(self.adapters, "structures", []) or [])
 
     @property
@@ -100,14 +117,17 @@ class Engine:
             "backbone": self.backbone.info.name,
             "checkpoint_sha256": self.backbone.info.checkpoint_sha256,
             "device": str(self.device),
+            "precision": self.precision,
             "adapters": adapters,
             "structures": self.structures,
         }
 
     @torch.inference_mode()
     def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode one prepared slice ``(1, 3, S, S)`` in [0, 1]; return (embedding, early features)."""
-        return self.backbone.encode(image.to(self.device))
+        """Encode one prepared slice ``(1, 3, S, S)`` in [0, 1]; return float32 (embedding, early features)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            embedding, early = self.backbone.encode(image.to(self.device))
+        return embedding.float(), early.float()
 
     @torch.inference_mode()
     def decode(
@@ -166,12 +186,11 @@ class Engine:
         return Prediction(logits.float().clone(), mask, float(iou[0]), expert)
 
 
-# Which of SAM's outputs to keep, by prompt kind. Measured on real data:
-# for boxes the single-mask output beat the best-IoU multimask output (Dice
-# 0.815 vs 0.781 on held-out MR and 2-D sets), so a box uses the single-mask
-# output. For points alone, the multimask outputs are computed and the first
-# one is kept (on brain MRI it reached Dice 0.92 where the single-mask output
-# reached 0.61); benchmarks/bench_engine.py re-measures this on our CT data.
+# Which of SAM's outputs to keep, by prompt kind. A box is unambiguous, so it
+# uses the single-mask output. Points alone use the first multimask output.
+# NOTE: with the bare LiteMedSAM backbone, a click alone gives a nearly empty
+# mask whichever output is kept (Dice below 0.05 for all four outputs on five
+# organs of ct_abdomen_small), because LiteMedSAM was trained with boxes only.
 POINT_OUTPUT_INDEX = 0
 
 

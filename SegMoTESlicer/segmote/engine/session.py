@@ -28,16 +28,21 @@ from .volume import Volume, label_dtype
 
 logger = logging.getLogger(__name__)
 
-# Embedding cache bound. One LiteMedSAM slice takes 4 MiB (embedding) plus
-# 8 MiB (early features) in float32, so 1 GiB keeps about 85 slices.
+# Embedding cache bound. One LiteMedSAM slice takes 4 MiB (embedding), plus
+# 8 MiB of early features when adapters are loaded, in float32: 1 GiB keeps
+# 256 slices for the bare backbone and about 85 with adapters.
 DEFAULT_CACHE_BYTES = 1 << 30
 
 # Propagation stops on a slice whose predicted IoU falls below this, or whose mask is empty.
 PROPAGATION_MIN_IOU = 0.5
 
 # The box that prompts the next slice is the previous mask's box grown by this
-# fraction of its size on each side (at least one pixel): structures widen or
+# fraction of its size on each side, at least one pixel. Structures widen or
 # shift from slice to slice, and a tight box makes each mask shrink further.
+# Measured on ct_abdomen_small (3-D Dice of liver, stomach, spleen, right
+# kidney, aorta): margin 0 gave 0.68/0.30/0.40/0.70/0.35, 0.05 gave
+# 0.91/0.40/0.71/0.75/0.89, 0.1 gave 0.89/0.81/0.79/0.87/0.89, 0.2 gave
+# 0.63/0.38/0.36/0.86/0.89.
 PROPAGATION_BOX_MARGIN = 0.1
 
 ProgressCallback = Callable[[float, str], None]
@@ -159,6 +164,9 @@ class VolumeSession:
             self.slice_image(geometry), geometry.spacing_rc, self.engine.backbone.info.image_size
         )
         embedding, early = self.engine.encode(tensor)
+        if self.engine.adapters is None:
+            # Only the SegMoTE adapters read the early features; dropping them halves the cache's memory.
+            early = early.new_zeros((early.shape[0], 0, *early.shape[2:]))
         self.encoder_calls += 1
         features = SliceFeatures(embedding, early, geometry, transform)
         self.cache.put(key, features)
@@ -190,6 +198,12 @@ class VolumeSession:
                 obliquity,
             )
 
+        if slice_prompt.box_rc is None and self.engine.adapters is None and self.engine.backbone.info.name == "lite-medsam":
+            logger.warning(
+                "Segment %r has points but no box: the bare LiteMedSAM backbone was trained with boxes only and "
+                "returns nearly empty masks for clicks alone; draw a box, or load SegMoTE adapters",
+                prompt.name,
+            )
         features = self.features(prompt.view, slice_prompt.index)
         refine_key = (prompt.name, prompt.view, slice_prompt.index)
         previous = self._last_logits.get(refine_key) if slice_prompt.box_rc is None else None

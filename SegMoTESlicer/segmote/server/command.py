@@ -115,7 +115,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
         InputError: the address is in use or cannot be bound.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio disables Nagle (TCP_NODELAY) only on sockets
+    # whose protocol is IPPROTO_TCP, and with Nagle on, every keep-alive response waited
+    # about 40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
+import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import InputError, ModelError
@@ -72,6 +74,38 @@ class CapacityError(ApiError):
     code = "at_capacity"
 
 
+# Client errors (4xx) of one code are logged at most this many times per
+# window, so a misconfigured or hostile client cannot flood the log.
+CLIENT_ERROR_LOG_LIMIT = 20
+CLIENT_ERROR_LOG_WINDOW_SECONDS = 60.0
+
+
+class _LogRateLimit:
+    """Counts log lines per key in fixed time windows."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._window_start = time.monotonic()
+        self._counts: dict[str, int] = {}
+
+    def allow(self, key: str) -> tuple[bool, int]:
+        """Return whether to log one more line for ``key``, and how many were dropped in the last window."""
+        with self._lock:
+            now = time.monotonic()
+            dropped = 0
+            if now - self._window_start > self.window_s:
+                dropped = sum(max(0, count - self.limit) for count in self._counts.values())
+                self._counts.clear()
+                self._window_start = now
+            self._counts[key] = self._counts.get(key, 0) + 1
+            return self._counts[key] <= self.limit, dropped
+
+
+_client_error_log = _LogRateLimit(CLIENT_ERROR_LOG_LIMIT, CLIENT_ERROR_LOG_WINDOW_SECONDS)
+
+
 def new_error_id() -> str:
     """Return a short random id that ties a response to its log line."""
     return secrets.token_hex(6)
@@ -128,10 +162,14 @@ def error_response(error: Exception, request_label: str) -> JSONResponse:
             exc_info=error if not isinstance(error, ApiError) else None,
         )
     else:
-        logger.warning(
-            "Error %s on %s: status %d %s (%s)", error_id, request_label, api_error.status, api_error.code,
-            type(error).__name__,
-        )
+        allowed, dropped = _client_error_log.allow(api_error.code)
+        if dropped:
+            logger.warning("%d client error log lines were dropped in the last %.0f s", dropped, CLIENT_ERROR_LOG_WINDOW_SECONDS)
+        if allowed:
+            logger.warning(
+                "Error %s on %s: status %d %s (%s)", error_id, request_label, api_error.status, api_error.code,
+                type(error).__name__,
+            )
     body: dict[str, Any] = {
         "error": {
             "status": api_error.status,

@@ -42,7 +42,7 @@ def segment_on_session(
     from the mask at ``base_revision``, the revision the client has. When
     the client has another revision than the server's latest (a lost
     response, a retried request), the region bounds the whole new mask and
-    ``replace`` tells the client to clear its copy first.
+    ``replace`` instructs the client to clear its copy first.
     """
     start = time.perf_counter()
     with session.lock:

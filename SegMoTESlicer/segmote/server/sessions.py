@@ -139,7 +139,7 @@ class SessionRegistry:
         return session
 
     def _find(self, session_id: str) -> Session:
-        """Return an open session; the caller holds ``self._lock``."""
+        """Return an open session. The caller must have acquired ``self._lock``."""
         session = self._sessions.get(session_id)
         if session is not None and not session.busy and self._idle_for(session) > self.idle_timeout_s:
             logger.info("Session %s expired after %.0f s idle", session_id, self._idle_for(session))
@@ -209,7 +209,7 @@ class SessionRegistry:
         return self._clock() - session.last_used
 
     def _end(self, session: Session, reason: str) -> None:
-        """Remove a session and free its memory; the caller holds ``self._lock``."""
+        """Remove a session and free its memory. The caller must have acquired ``self._lock``."""
         self._sessions.pop(session.id, None)
         session.close()
         self._ended[session.id] = reason

@@ -70,6 +70,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                      help="factor on the learning rate of the prompt tokens, which start from random values (default: 1)")
     run.add_argument("--max-corrective-rounds", type=int, default=2, help="most corrective clicks per prompted batch")
     run.add_argument("--auto-rounds", type=int, default=3, help="progressive rounds per auto batch (default: 3)")
+    run.add_argument("--auto-fraction", type=float, default=0.4, help="share of steps on automatic targets (default: 0.4)")
+    run.add_argument("--auto-trains-ppt-only", action="store_true",
+                     help="let automatic batches update only the prompt tokens, not the shared MoTE parameters")
     run.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this many minutes")
     run.add_argument("--validation-limit", type=int, default=64, help="most validation targets scored per epoch")
     run.add_argument("--keep-last", action="store_true",
@@ -167,6 +170,8 @@ def run_train(args: argparse.Namespace) -> int:
         ppt_learning_rate_scale=args.ppt_lr_scale,
         max_corrective_rounds=args.max_corrective_rounds,
         auto_rounds=args.auto_rounds,
+        auto_fraction=args.auto_fraction,
+        auto_trains_ppt_only=args.auto_trains_ppt_only,
         validation_limit=args.validation_limit,
         max_minutes=args.max_minutes,
         warm_start=not args.no_warm_start,

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..engine.predictor import choose_output
 from ..model.adapters import SegMoTEAdapters
 from ..model.backbones import Backbone
 from ..model.segmote_decoder import DecoderOutput
@@ -59,12 +60,13 @@ def embed_prompts(
 
 
 def decode_base(
-    backbone: Backbone, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool = False
+    backbone: Backbone, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, box_given: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the bare SAM decoder on one prompt per image.
+    """Run the bare SAM decoder on one prompt per image, choosing outputs as the engine does.
 
-    With ``multimask`` the best of SAM's three masks by predicted IoU is kept
-    (SAM's own recommendation for a single click).
+    With a box, SAM's single-mask output is kept. With points alone, the
+    multimask outputs are computed and :func:`segmote.engine.predictor.choose_output`
+    picks one, so the benchmark's base is the engine's ``--adapters none``.
 
     Returns:
         ``(logits (B, 1, 256, 256), iou (B, 1))``.
@@ -72,10 +74,12 @@ def decode_base(
     image_pe = backbone.prompt_encoder.get_dense_pe()
     logits, iou = [], []
     for item in range(sparse.shape[0]):
-        masks, scores = backbone.mask_decoder(embedding[item : item + 1], image_pe, sparse[item : item + 1], dense[item : item + 1], multimask)
-        best = int(scores[0].argmax())
-        logits.append(masks[:, best : best + 1])
-        iou.append(scores[:, best : best + 1])
+        masks, scores = backbone.mask_decoder(
+            embedding[item : item + 1], image_pe, sparse[item : item + 1], dense[item : item + 1], not box_given
+        )
+        choice = choose_output(scores[0], box_given)
+        logits.append(masks[:, choice : choice + 1])
+        iou.append(scores[:, choice : choice + 1])
     return torch.cat(logits), torch.cat(iou)
 
 

@@ -90,8 +90,7 @@ def evaluate_prompted(
                 backbone, B, points if points[0] else None, labels if points[0] else None, boxes, previous
             )
             if adapters is None:
-                single_click = first_prompt == "click" and round_index == 0
-                logits, iou = decode_base(backbone, embedding, sparse, dense, multimask=single_click)
+                logits, iou = decode_base(backbone, embedding, sparse, dense, box_given=boxes is not None)
                 experts = torch.full((B,), -1)
             else:
                 output = decode_adapters(adapters, backbone, embedding, early, sparse, dense)

@@ -1,14 +1,14 @@
 """The training loop: MoTE and PPT parameters on cached encoder outputs, with resumable checkpoints.
 
-Each step trains either a batch of prompted targets (a jittered box or a
-click from the central half of the object, then 0 to ``max_corrective_rounds``
-corrective clicks, each round fed the previous logits) or a batch of
-automatic targets (``auto_rounds`` progressive rounds of the structure's
-prompt tokens, the first seeded with probability 1/2 by a neighbouring
-slice's mask). Rounds are back-propagated one at a time, because the fed-back
-logits are detached. After each epoch the loop validates on held-out patients,
-logs one JSON line, saves a checkpoint and keeps the best adapters by
-validation box Dice.
+Each step trains one batch of a single kind. A prompted batch starts from a
+jittered box or a click in the central half of the object, then adds 0 to
+``max_corrective_rounds`` corrective clicks, each round fed the previous
+logits. An automatic batch runs ``auto_rounds`` progressive rounds of the
+structures' prompt tokens, and with probability 1/2 its first round is seeded
+with a neighbouring slice's mask. Rounds are back-propagated one at a time,
+because the fed-back logits are detached. After each epoch the loop validates
+on held-out patients, logs one JSON line, saves a checkpoint and writes the
+adapters (the best epoch's by validation Dice, or the last with ``keep_last``).
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ class TrainConfig:
         max_corrective_rounds: corrective clicks per prompted batch, drawn from 0 to this.
         auto_rounds: progressive rounds per automatic batch.
         auto_fraction: share of steps that train automatic targets.
+        auto_trains_ppt_only: automatic batches update only the prompt tokens, so the
+            noisy gradients of the untrained prompt tokens cannot pull the shared
+            MoTE parameters away from what the prompted batches teach.
         validation_limit: most prompted and automatic validation targets scored per epoch.
         max_minutes: stop after the epoch that passes this wall time (None: no limit).
         warm_start: initialise the expert tokens from SAM's first mask token.
@@ -78,6 +81,7 @@ class TrainConfig:
     max_corrective_rounds: int = 2
     auto_rounds: int = 3
     auto_fraction: float = 0.4
+    auto_trains_ppt_only: bool = False
     validation_limit: int = 64
     max_minutes: Optional[float] = None
     warm_start: bool = True
@@ -196,7 +200,7 @@ class Trainer:
     def _backward(self, output, target: torch.Tensor) -> dict[str, float]:
         terms = segmentation_loss(output.logits, output.iou, target, balance_loss(output.routings))
         terms.total.backward()
-        return {"loss": float(terms.total), "focal": terms.focal, "dice": terms.dice, "iou_mse": terms.iou_mse, "balance": terms.balance}
+        return {"loss": float(terms.total.detach()), "focal": terms.focal, "dice": terms.dice, "iou_mse": terms.iou_mse, "balance": terms.balance}
 
     def prompted_step(self, batch: list[Target]) -> list[dict[str, float]]:
         """Train one batch of prompted targets over several interactive rounds."""
@@ -331,6 +335,10 @@ class Trainer:
             kind, batch = batches[position]
             self.optimizer.zero_grad(set_to_none=True)
             step_records = self.prompted_step(batch) if kind == "prompted" else self.auto_step(batch)
+            if kind == "auto" and config.auto_trains_ppt_only:
+                for name, parameter in self.adapters.named_parameters():
+                    if not name.startswith("ppt."):
+                        parameter.grad = None
             self.optimizer.step()
             records.extend(step_records)
         return records

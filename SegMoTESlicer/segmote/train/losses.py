@@ -72,4 +72,4 @@ def segmentation_loss(
     dice = dice_loss(logits, target)
     iou_mse = F.mse_loss(predicted_iou[:, 0], mask_iou(logits.detach(), target))
     total = FOCAL_WEIGHT * focal + DICE_WEIGHT * dice + IOU_WEIGHT * iou_mse + BALANCE_WEIGHT * balance
-    return LossTerms(total, float(focal), float(dice), float(iou_mse), float(balance))
+    return LossTerms(total, float(focal.detach()), float(dice.detach()), float(iou_mse.detach()), float(balance.detach()))
