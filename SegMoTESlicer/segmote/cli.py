@@ -49,7 +49,7 @@ def add_common_options(parser: argparse.ArgumentParser, model: bool = True) -> N
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="image encoder precision; bf16 is faster on CPUs with bfloat16 support (default: fp32)")
     parser.add_argument("--series", default=None,
-                        help="SeriesInstanceUID or SeriesNumber when a DICOM folder holds several series")
+                        help="SeriesInstanceUID or SeriesNumber when a DICOM folder contains several series")
     parser.add_argument("--strict", action="store_true",
                         help="fail on a corrupt file in a DICOM folder instead of skipping it with a warning")
     parser.add_argument("--window", default=None, choices=("soft_tissue", "lung", "bone", "brain"),
@@ -91,7 +91,11 @@ def _register_optional(subparsers: argparse._SubParsersAction, module_name: str,
 
 
 def _configure_logging(quiet: bool, debug: bool) -> None:
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    level = logging.INFO
+    if quiet:
+        level = logging.WARNING
+    if debug:
+        level = logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s" if debug else "%(message)s")
     if not debug:
         # Third-party libraries log at INFO about things users need not see.

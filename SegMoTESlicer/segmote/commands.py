@@ -1,7 +1,7 @@
 """The engine's subcommands: ``segment``, ``auto``, ``evaluate`` and ``info``.
 
-Each ``run_*`` function takes the parsed arguments and returns an exit status;
-invalid input raises :class:`segmote.errors.InputError`, which the CLI prints
+Each ``run_*`` function takes the parsed arguments and returns an exit status.
+Invalid input raises :class:`segmote.errors.InputError`, which the CLI prints
 as one line with exit status 2. Outputs are written atomically, so a failed
 run leaves no file behind.
 """

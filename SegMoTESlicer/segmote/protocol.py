@@ -39,7 +39,7 @@ class SegmentPrompt:
         point_labels: ``N`` labels, 1 = foreground, 0 = background.
         box: two opposite corners ``((x0, y0, z0), (x1, y1, z1))`` or None.
         propagate: whether to propagate through neighbouring slices.
-        propagate_limit: most slices to go in each direction; None = until the structure ends.
+        propagate_limit: maximum number of slices in each direction; None = until the structure ends.
     """
 
     name: str

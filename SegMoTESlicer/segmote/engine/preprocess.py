@@ -1,8 +1,8 @@
 """From a 2-D slice to the encoder input, and from the decoder's logits back to the slice.
 
 The slice is resized so that its longer physical side fills the encoder's
-square input (pixels keep their physical aspect ratio, so a coronal slice of
-a 0.8 x 0.8 x 3 mm CT is not squashed), then padded at the bottom and right.
+square input, then padded at the bottom and right. Pixels keep their physical
+aspect ratio, so a coronal slice of a 0.8 x 0.8 x 3 mm CT is not squashed.
 This is LiteMedSAM's and SAM's own convention (resize the longest side, pad).
 """
 

@@ -139,7 +139,7 @@ def read_volume(
     Args:
         path: a NIfTI/NRRD/MHA/MHD file, a PNG/JPEG/TIFF/BMP or single-frame DICOM image,
             or a folder of DICOM files.
-        series: SeriesInstanceUID or SeriesNumber, required when a DICOM folder holds several series.
+        series: SeriesInstanceUID or SeriesNumber, required when a DICOM folder contains several series.
         modality: overrides the modality (``"CT"`` makes the intensities count as HU).
         strict: for DICOM folders, fail on a corrupt file instead of skipping it with a warning.
 
