@@ -42,15 +42,21 @@ def original(shared_data):
     return image, labels
 
 
-@pytest.mark.parametrize("order,flips", ORIENTATIONS)
-def test_reoriented_ct_same_mask(original, bare_engine, order, flips):
+@pytest.fixture(scope="module")
+def reference_liver(original, bare_engine):
+    """The liver box in RAS and its mask on the original grid."""
     image, labels = original
     volume = Volume(sitk.GetArrayFromImage(image), grid_of(image))
     mask = labels == TOTAL_LABELS["liver"]
     k = largest_axial_slice(mask)
     prompts = parse_prompts(box_prompt_ras(mask, k, "liver", volume))
+    return volume, prompts, VolumeSession(bare_engine, volume).segment(prompts.segments[0], "RAS").mask
 
-    reference = VolumeSession(bare_engine, volume).segment(prompts.segments[0], "RAS").mask
+
+@pytest.mark.parametrize("order,flips", ORIENTATIONS)
+def test_reoriented_ct_same_mask(original, reference_liver, bare_engine, order, flips):
+    image, _ = original
+    volume, prompts, reference = reference_liver
 
     moved_image = _reoriented(image, order, flips)
     moved = Volume(sitk.GetArrayFromImage(moved_image), grid_of(moved_image))
@@ -64,14 +70,9 @@ def test_reoriented_ct_same_mask(original, bare_engine, order, flips):
     assert dice(back_mask, reference) >= 0.99
 
 
-def test_flipped_mask_fails_comparison(original, bare_engine):
+def test_flipped_mask_fails_comparison(reference_liver):
     """Negative control: a mask written back with one axis flipped does not pass the check above."""
-    image, labels = original
-    volume = Volume(sitk.GetArrayFromImage(image), grid_of(image))
-    mask = labels == TOTAL_LABELS["liver"]
-    k = largest_axial_slice(mask)
-    prompts = parse_prompts(box_prompt_ras(mask, k, "liver", volume))
-    reference = VolumeSession(bare_engine, volume).segment(prompts.segments[0], "RAS").mask
+    _, _, reference = reference_liver
     assert dice(reference[:, :, ::-1], reference) < 0.9
 
 

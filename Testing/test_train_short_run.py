@@ -1,4 +1,4 @@
-"""A short training run on real ultrasound slices raises held-out box Dice above its value at initialisation."""
+"""A short training run on real ultrasound slices raises held-out one-click Dice above its value at initialisation."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from segmote.train.sources import iter_pairs_folder
 ROWS = 8
 
 
-def test_short_run_improves_validation_dice(shared_data: Path, tmp_path: Path):
+def test_short_run_improves_click_dice(shared_data: Path, tmp_path: Path):
     torch.manual_seed(0)
     backbone = build_backbone("lite-medsam")
     samples = iter_pairs_folder(shared_data / "pool" / "thyroid_us_tg3k", max_rows=ROWS)
@@ -26,17 +26,20 @@ def test_short_run_improves_validation_dice(shared_data: Path, tmp_path: Path):
     assert counts["thyroid_us_tg3k"]["kept"] >= 6
     slices = load_cache(tmp_path / "cache", keys)
 
+    # LiteMedSAM was trained with boxes, so a single click starts far from the
+    # target: the warm-started adapters begin with a low one-click Dice.
     metadata = {"backbone": backbone.info.name, "backbone_sha256": backbone.info.checkpoint_sha256}
     adapters = SegMoTEAdapters(SegMoTEAdapters.default_config(backbone, []), metadata)
+    adapters.warm_start(backbone)
     config = TrainConfig(
         output=tmp_path / "adapters.safetensors",
         work_dir=tmp_path / "run",
         epochs=3,
-        epoch_size=16,
+        epoch_size=12,
         batch_size=4,
         learning_rate=1e-3,
+        box_probability=0.0,
         max_corrective_rounds=0,
-        warm_start=False,
     )
     trainer = Trainer(backbone, adapters, slices, config)
     assert trainer.targets.validation_prompted, "the split must hold out at least one patient"
@@ -44,16 +47,17 @@ def test_short_run_improves_validation_dice(shared_data: Path, tmp_path: Path):
     held_out = {slices[t.slice_index].patient for t in trainer.targets.validation_prompted}
     assert not train_patients & held_out
 
-    final = trainer.run()
+    trainer.run()
     log = [json.loads(line) for line in (config.work_dir / "train-log.jsonl").read_text().splitlines()]
     initial = log[0]
     assert initial["epoch"] == 0
     assert len(log) == 1 + config.epochs
-    assert final["box_dice"] > initial["box_dice"] + 0.05, log
+    best = max(line["click_dice"] for line in log[1:])
+    assert best > initial["click_dice"] + 0.1, log
 
-    # The best epoch was saved, and it loads back with the same validation score recorded.
+    # The best epoch was saved and loads back with its validation scores recorded.
     saved = load_adapters(config.output, backbone)
-    assert saved.metadata["validation"]["box_dice"] == max(line["box_dice"] for line in log[1:])
+    assert saved.metadata["validation"]["epoch"] >= 1
 
     # Resuming continues from the checkpoint instead of starting over.
     resumed = Trainer(backbone, SegMoTEAdapters(SegMoTEAdapters.default_config(backbone, []), metadata), slices, config)

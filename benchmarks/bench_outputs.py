@@ -41,6 +41,8 @@ def output_dice(session: VolumeSession, mask: np.ndarray, kind: str) -> dict[str
     geometry, transform = features.geometry, features.transform
     if kind == "box":
         corners = geometry.ijk_to_rc(np.array([[cols.min(), rows.min(), k], [cols.max(), rows.max(), k]], float))
+        # The volume's axes may run against the slice's, so sort the corners on the slice.
+        corners = np.stack([corners.min(axis=0), corners.max(axis=0)])
         box = torch.tensor(transform.rc_to_xy(corners).reshape(1, 4), dtype=torch.float32)
         sparse, dense = backbone.prompt_encoder(points=None, boxes=box, masks=None)
     else:

@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=Path, default=DEFAULT_ADAPTERS, help="adapters file")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="project data folder (for the DICOM test)")
     parser.add_argument("--skip-dicom", action="store_true", help="skip the auto-segmentation of the DICOM series")
+    parser.add_argument("--only-dicom", action="store_true", help="run only the auto-segmentation of the DICOM series")
     parser.add_argument("--json", type=Path, help="write the full report as JSON")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -199,9 +200,12 @@ def main() -> None:
     report = {
         "adapters": str(args.adapters),
         "validation_patients": sorted({f"{slices[t.slice_index].dataset}/{slices[t.slice_index].patient}" for t in split.validation_prompted}),
-        "prompted": prompted_benchmark(backbone, adapters, slices, split.validation_prompted),
-        "auto": auto_benchmark(backbone, adapters, slices, split.validation_auto),
+        "prompted": {},
+        "auto": {},
     }
+    if not args.only_dicom:
+        report["prompted"] = prompted_benchmark(backbone, adapters, slices, split.validation_prompted)
+        report["auto"] = auto_benchmark(backbone, adapters, slices, split.validation_auto)
     if not args.skip_dicom:
         report["dicom_auto"] = dicom_auto_benchmark(backbone, adapters, args.data)
     text = markdown(report)

@@ -194,6 +194,8 @@ def save_adapters(adapters: SegMoTEAdapters, path: Path | str) -> None:
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata={"segmote": json.dumps(header)})
+        # mkstemp creates the file readable by its owner only; adapters are shared files.
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -54,6 +54,7 @@ class TrainConfig:
         ppt_learning_rate_scale: factor on the learning rate of the prompt tokens,
             which start from random values while MoTE starts from SAM's mask token.
         weight_decay: AdamW weight decay.
+        box_probability: chance that a prompted batch starts from a box rather than a click.
         max_corrective_rounds: corrective clicks per prompted batch, drawn from 0 to this.
         auto_rounds: progressive rounds per automatic batch.
         auto_fraction: share of steps that train automatic targets.
@@ -78,6 +79,7 @@ class TrainConfig:
     learning_rate: float = 1e-4
     ppt_learning_rate_scale: float = 1.0
     weight_decay: float = 0.01
+    box_probability: float = 0.5
     max_corrective_rounds: int = 2
     auto_rounds: int = 3
     auto_fraction: float = 0.4
@@ -207,7 +209,7 @@ class Trainer:
         embedding, early, target = self._inputs(batch)
         B = len(batch)
         masks = [t.mask.numpy() for t in batch]
-        use_box = self.rng.random() < 0.5
+        use_box = self.rng.random() < self.config.box_probability
         boxes = [box_from_mask(m, self.rng) for m in masks] if use_box else None
         points = [[] if use_box else [central_point(m, self.rng)] for m in masks]
         labels = [[] if use_box else [1] for _ in masks]
