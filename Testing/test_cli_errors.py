@@ -92,6 +92,10 @@ def test_nan_voxels(capsys, tmp_path):
         (_box(LIVER_BOX_IJK, system="XYZ"), ["coordinate_system", "XYZ"]),
         (_box(LIVER_BOX_IJK, view="oblique"), ["unknown view", "oblique"]),
         ("{not json", ["not valid JSON"]),
+        ({"coordinate_system": "IJK", "segments": [{"name": "liver", "box": LIVER_BOX_IJK, "veiw": "axial"}]},
+         ["unknown key", "'veiw'", "view"]),
+        ({"coordinate_system": "IJK", "segments": [{"name": "liver", "box": LIVER_BOX_IJK}], "propagte": True},
+         ["unknown key", "'propagte'"]),
     ],
 )
 def test_invalid_prompts_file(capsys, tmp_path, small_ct, prompts, words):

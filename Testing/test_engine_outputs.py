@@ -46,7 +46,7 @@ def test_evaluate_compares_in_physical_space(shared_data, tmp_path, capsys):
 
     code = main(["evaluate", str(tmp_path / "pred.nii.gz"), str(folder / "labels.nii.gz"),
                  "--ref-labels", str(reference_table), "--json"])
-    scores = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    scores = {row["name"]: row for row in json.loads(capsys.readouterr().out)["structures"]}
     assert code == 0
     assert scores["liver"]["dice"] == pytest.approx(1.0)
     assert scores["spleen"]["surface_dice"] == pytest.approx(1.0)
@@ -59,7 +59,7 @@ def test_evaluate_compares_in_physical_space(shared_data, tmp_path, capsys):
     (tmp_path / "wrong.nii.gz.labels.json").write_text(json.dumps({"5": "liver", "1": "spleen"}))
     main(["evaluate", str(tmp_path / "wrong.nii.gz"), str(folder / "labels.nii.gz"),
           "--ref-labels", str(reference_table), "--json"])
-    wrong_scores = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    wrong_scores = {row["name"]: row for row in json.loads(capsys.readouterr().out)["structures"]}
     assert wrong_scores["liver"]["dice"] < 0.9
 
 

@@ -119,6 +119,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from .protocol import load_prompts
 
     prompts = load_prompts(args.prompts)
+    # Check the output before the (possibly long) read, assuming DICOM; recheck once the input is known.
+    _check_output(Path(args.output), dicom_input=True)
     volume = read_volume(args.input, series=args.series, modality=args.modality, strict=args.strict)
     output = _check_output(Path(args.output), bool(volume.source_files))
     engine = _load_engine(args)
@@ -135,6 +137,7 @@ def run_segment(args: argparse.Namespace) -> int:
         from .engine.overlay import write_overlay
 
         write_overlay(volume, session.scaling, labels, label_table, Path(args.overlay))
+        logger.info("Wrote overlay %s", args.overlay)
     logger.info(
         "Segmented %d structures in %.1f s (%d slices encoded); wrote %s",
         len(label_table), time.perf_counter() - started, session.encoder_calls, output,
@@ -260,15 +263,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise InputError(
             "no structure name is in both label tables; pass --pred-labels and --ref-labels tables that share names"
         )
+    valid = [score.dice for score in scores if score.dice is not None]
     if args.json:
-        print(json.dumps([score.__dict__ for score in scores], indent=2))
+        mean = sum(valid) / len(valid) if valid else None
+        print(json.dumps({"structures": [score.__dict__ for score in scores], "mean_dice": mean}, indent=2))
         return 0
     print(f"{'structure':<24} {'Dice':>6} {f'NSD@{SURFACE_TOLERANCE_MM:g}mm':>10} {'pred vox':>9} {'ref vox':>9}")
     for score in scores:
         dice_text = "-" if score.dice is None else f"{score.dice:.3f}"
         nsd_text = "-" if score.surface_dice is None else f"{score.surface_dice:.3f}"
         print(f"{score.name:<24} {dice_text:>6} {nsd_text:>10} {score.predicted_voxels:>9} {score.reference_voxels:>9}")
-    valid = [score.dice for score in scores if score.dice is not None]
     if valid:
         print(f"{'mean':<24} {sum(valid) / len(valid):>6.3f}")
     return 0

@@ -27,6 +27,16 @@ from .geometry import COORDINATE_SYSTEMS, VIEWS
 # Upper bound on propagate_limit; far more slices than any CT has.
 MAX_PROPAGATE_LIMIT = 100_000
 
+TOP_LEVEL_KEYS = ("coordinate_system", "segments")
+SEGMENT_KEYS = ("name", "view", "points", "point_labels", "box", "propagate", "propagate_limit")
+
+
+def _check_keys(raw: dict, known: tuple[str, ...], where: str) -> None:
+    """Reject misspelled keys, which would otherwise silently fall back to defaults."""
+    unknown = sorted(str(key) for key in raw if key not in known)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; valid keys are {', '.join(known)}")
+
 
 @dataclass(frozen=True)
 class SegmentPrompt:
@@ -91,6 +101,7 @@ def _parse_segment(raw: Any, number: int) -> SegmentPrompt:
     where = f"segment {number}"
     if not isinstance(raw, dict):
         raise InputError(f"{where} must be a JSON object, got {type(raw).__name__}")
+    _check_keys(raw, SEGMENT_KEYS, where)
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"{where} has no 'name': give each segment a structure name such as \"liver\"")
@@ -149,6 +160,7 @@ def parse_prompts(data: Any) -> PromptSet:
     """
     if not isinstance(data, dict):
         raise InputError(f"the prompts must be a JSON object with 'coordinate_system' and 'segments', got {type(data).__name__}")
+    _check_keys(data, TOP_LEVEL_KEYS, "the prompts")
     system = data.get("coordinate_system")
     if not isinstance(system, str) or system.upper() not in COORDINATE_SYSTEMS:
         raise InputError(
@@ -167,7 +179,7 @@ def load_prompts(path: str | Path) -> PromptSet:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(f"prompts file not found: {path}") from None
+        raise InputError(f"prompts file not found: {path}; check the path (the README's 'Prompts file' shows the format)") from None
     except OSError as error:
         raise InputError(f"cannot read prompts file {path}: {error.strerror}") from None
     try:

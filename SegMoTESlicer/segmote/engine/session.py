@@ -279,8 +279,8 @@ class VolumeSession:
             result = self.segment(prompt, prompts.coordinate_system)
             labels[result.mask & (labels == 0)] = number
             logger.info(
-                "Segment %d (%s): %d voxels on %d slices, predicted IoU %.2f",
-                number, prompt.name, int(result.mask.sum()), len(result.slices), result.iou,
+                "Segment %d (%s): %d voxels on %d slice(s), predicted IoU %.2f",
+                number, prompt.name, int((labels == number).sum()), len(result.slices), result.iou,
             )
             if progress is not None:
                 progress(number / count, prompt.name)

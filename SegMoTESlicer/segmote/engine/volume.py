@@ -149,7 +149,7 @@ def read_volume(
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise InputError(f"input not found: {path}")
+        raise InputError(f"input not found: {path}; check the path (a file, or a folder of DICOM files)")
     if path.is_dir():
         from ..dicom.series import read_series
 
@@ -280,5 +280,5 @@ def write_label_map(
     table_path = Path(str(path) + ".labels.json")
     table = {str(value): name for value, name in sorted(label_table.items())}
     atomic_write(table_path, lambda temporary: temporary.write_text(json.dumps(table, indent=2) + "\n"))
-    logger.info("Wrote %s and %s", path, table_path.name)
+    logger.info("Wrote %s and its label table %s", path, table_path)
     return path

