@@ -27,7 +27,7 @@ SMALL_CT_MEASURED = {
 DICOM_CT_MEASURED = {"liver": 0.982, "spleen": 0.972, "stomach": 0.925, "aorta": 0.936, "vertebrae_T12": 0.752}
 # Measured Dice per mask on the 2-D CT slices. These PNGs were published upside
 # down (spine at the top) with a wide window and carry no orientation, so the
-# model sees them flipped: the spleen's low Dice is measured, not a test error.
+# model gets them flipped. The spleen's low Dice is measured, not a test error.
 SLICES_2D_MEASURED = {
     "amos_0004_75_liver_000": 0.765,
     "amos_0006_90_spleen_000": 0.426,

@@ -63,7 +63,7 @@ def test_evaluate_compares_in_physical_space(shared_data, tmp_path, capsys):
     assert wrong_scores["liver"]["dice"] < 0.9
 
 
-def test_single_dicom_file_and_png_read_as_one_slice(shared_data):
+def test_single_file_inputs_one_slice(shared_data):
     series = read_volume(shared_data / "ct_abdomen_dicom" / "series")
     single = read_volume(series.source_files[5])
     assert single.array.shape == (1, 512, 512)

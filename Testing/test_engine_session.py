@@ -49,7 +49,7 @@ def test_second_prompt_same_slice_not_reencoded(small_ct, bare_engine):
 
 
 def test_point_prompt_bare_lite_medsam_warns(small_ct, shared_session, caplog):
-    """LiteMedSAM was trained with boxes only: a lone click gives a nearly empty mask, and the user is told."""
+    """LiteMedSAM was trained with boxes only: a lone click gives a nearly empty mask, and a warning is logged."""
     volume, labels = small_ct
     session = shared_session
     mask = labels == TOTAL_LABELS["liver"]

@@ -1,4 +1,4 @@
-"""Which SAM output to keep, per prompt kind, measured on real CT with the bare backbone.
+"""Dice of each SAM output per prompt kind, on real CT with the bare backbone.
 
 For a box and for one centre click on each structure's largest axial slice,
 prints the Dice of the single-mask output, each of the three multimask
