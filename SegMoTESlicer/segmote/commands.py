@@ -178,7 +178,7 @@ def run_auto(args: argparse.Namespace) -> int:
     from .engine.session import VolumeSession
     from .engine.volume import read_volume
 
-    structures = [name.strip() for name in args.structures.split(",") if name.strip()]
+    structures = [name.strip().lower() for name in args.structures.split(",") if name.strip()]
     if not structures:
         raise InputError("--structures is empty: give comma-separated names such as liver,spleen")
     outputs = _output_paths(args)
@@ -187,7 +187,7 @@ def run_auto(args: argparse.Namespace) -> int:
     unknown = [name for name in structures if name not in known]
     if unknown:
         raise InputError(
-            f"unknown structure(s) {', '.join(unknown)}: the loaded adapters know "
+            f"unknown structure(s) {', '.join(unknown)}: the loaded adapters segment "
             f"{', '.join(engine.structures) or 'none (load SegMoTE adapters with --adapters)'}"
         )
 

@@ -224,5 +224,6 @@ def _load_adapters(adapters: Optional[str | Path], backbone: Backbone) -> Option
         if not path.is_file():
             raise InputError(f"adapters file not found: {path}; pass --adapters PATH to a .safetensors file, or none")
     loaded = adapter_io.load_adapters(path, backbone)
-    logger.info("Loaded SegMoTE adapters from %s", path)
+    if isinstance(getattr(loaded, "metadata", None), dict):
+        loaded.metadata.setdefault("path", str(path))
     return loaded
