@@ -32,14 +32,14 @@ def largest_axial_slice(mask: np.ndarray) -> int:
 
 
 def box_prompt_ijk(mask: np.ndarray, k: int, name: str, propagate: bool = False) -> dict:
-    """A prompts dictionary with the bounding box of ``mask[k]`` in IJK."""
+    """Return a prompts dictionary with the bounding box of ``mask[k]`` in IJK."""
     rows, cols = np.nonzero(mask[k])
     box = [[int(cols.min()), int(rows.min()), k], [int(cols.max()), int(rows.max()), k]]
     return {"coordinate_system": "IJK", "segments": [{"name": name, "box": box, "propagate": propagate}]}
 
 
 def box_prompt_ras(mask: np.ndarray, k: int, name: str, volume: Volume) -> dict:
-    """The same box as :func:`box_prompt_ijk`, converted to RAS millimetres."""
+    """Return the box of :func:`box_prompt_ijk` as RAS millimetres, without propagation."""
     rows, cols = np.nonzero(mask[k])
     corners = np.array([[cols.min(), rows.min(), k], [cols.max(), rows.max(), k]], dtype=float)
     ras = lps_to_ras(volume.grid.ijk_to_lps(corners))

@@ -337,6 +337,6 @@ class _Progress:
 
 
 def _progress_bar(total: int, description: str, quiet: bool) -> Optional[_Progress]:
-    if quiet or total <= 1 and description == "segments":
+    if quiet or (total <= 1 and description == "segments"):
         return None
     return _Progress(total, description)

@@ -12,8 +12,8 @@ A :class:`Grid` maps IJK to LPS with ``lps = origin + direction @ (spacing * ijk
 where the columns of ``direction`` are the unit vectors of the i, j and k axes.
 
 A :class:`SliceGeometry` picks one slice of a volume for a patient plane
-(axial, coronal, sagittal) and fixes the in-plane orientation that the model
-sees, whatever the volume's axis order and direction matrix:
+(axial, coronal, sagittal) and fixes the in-plane orientation of the model
+input, whatever the volume's axis order and direction matrix:
 
 - axial: columns run to the patient's left (+L), rows to posterior (+P);
 - coronal: columns run to +L, rows from superior to inferior (-S);
@@ -178,7 +178,7 @@ def check_view(view: str) -> str:
 
 @dataclass(frozen=True)
 class SliceGeometry:
-    """One slice of a volume, oriented as the model sees it.
+    """One slice of a volume, in the in-plane orientation of the model input.
 
     The 2-D slice ``S`` with shape ``(R, C)`` relates to the volume array ``V``
     (numpy order ``(K, J, I)``) by ``S[r, c] = V[...]`` where the normal axis is

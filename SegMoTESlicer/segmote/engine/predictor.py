@@ -186,7 +186,7 @@ class Engine:
         return Prediction(logits.float().clone(), mask, float(iou[0]), expert)
 
 
-# Which of SAM's outputs to keep, by prompt kind. A box is unambiguous, so it
+# Choice of SAM output by prompt kind. A box is unambiguous, so it
 # uses the single-mask output. Points alone use the first multimask output.
 # NOTE: with the bare LiteMedSAM backbone, a click alone gives a nearly empty
 # mask whichever output is kept (Dice below 0.05 for all four outputs on five

@@ -254,8 +254,8 @@ class VolumeSession:
         count = self.slice_count(view)
         previous = seed
         index = start + step
-        taken = 0
-        while 0 <= index < count and (limit is None or taken < limit):
+        propagated = 0
+        while 0 <= index < count and (limit is None or propagated < limit):
             box_rc = _mask_box_rc(previous.mask, PROPAGATION_BOX_MARGIN)
             features = self.features(view, index)
             prediction = self._decode(features, SlicePrompt(index, np.zeros((0, 2)), np.zeros(0, int), box_rc), None)
@@ -266,7 +266,7 @@ class VolumeSession:
             result.slices.append((view, index))
             previous = prediction
             index += step
-            taken += 1
+            propagated += 1
 
     def label_map(self, prompts: PromptSet, progress: Optional[ProgressCallback] = None) -> np.ndarray:
         """Segment every prompted structure into one label map ``(K, J, I)``; value k = k-th segment.

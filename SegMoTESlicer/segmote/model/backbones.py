@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_ENVIRONMENT_VARIABLE = "SEGMOTE_CHECKPOINT"
 
-# Where users obtain the checkpoints that we cannot ship.
+# Download pages of the checkpoints that SegMoTE cannot ship, by backbone.
 CHECKPOINT_SOURCES = {
     "sam-vit-b": ("sam_vit_b_01ec64.pth", "https://github.com/facebookresearch/segment-anything#model-checkpoints"),
     "sam-vit-l": ("sam_vit_l_0b3195.pth", "https://github.com/facebookresearch/segment-anything#model-checkpoints"),
@@ -134,7 +134,7 @@ def load_state_dict(path: Path, map_location: str | torch.device = "cpu") -> dic
     Accepts a bare state dict or one wrapped under ``"model"`` or ``"state_dict"``.
 
     Raises:
-        ModelError: the file is missing, truncated, not a checkpoint, or holds no tensors.
+        ModelError: the file is missing, truncated, not a checkpoint, or contains no tensors.
     """
     if not path.is_file():
         raise ModelError(f"checkpoint not found: {path}")
