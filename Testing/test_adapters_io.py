@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from segmote.errors import ModelError
 from segmote.model.adapters import (
@@ -138,3 +139,33 @@ def test_shipped_adapters_load(backbone):
     adapters = load_adapters(DEFAULT_ADAPTERS, backbone)
     for name in ("liver", "spleen", "stomach", "aorta"):
         assert name in adapters.structures
+
+
+def test_trained_decoder_copy_stored_in_half_precision(backbone, tmp_path: Path):
+    # The in-domain option stores a trained copy of SAM's decoder in float16:
+    # the file must stay within the shipping budget, and outputs must stay
+    # close to the float32 ones (the rounding is the only difference).
+    adapters = make_adapters(backbone)
+    adapters.unfreeze_decoder(backbone)
+    with torch.no_grad():
+        for parameter in adapters.mask_decoder.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    adapters.eval().requires_grad_(False)
+    path = tmp_path / "adapters.safetensors"
+    save_adapters(adapters, path)
+    assert path.stat().st_size <= MAX_SHIPPED_BYTES
+    with safe_open(str(path), framework="pt") as handle:
+        dtypes = {name: handle.get_slice(name).get_dtype() for name in handle.keys()}
+    assert {dtype for name, dtype in dtypes.items() if name.startswith("mask_decoder.")} == {"F16"}
+    assert {dtype for name, dtype in dtypes.items() if not name.startswith("mask_decoder.")} == {"F32"}
+
+    loaded = load_adapters(path, backbone)
+    assert loaded.mask_decoder is not None
+    assert all(parameter.dtype == torch.float32 for parameter in loaded.parameters())
+    embedding, early, sparse, dense = random_inputs(backbone)
+    with torch.no_grad():
+        before = adapters.decode_prompted(backbone, embedding, early, sparse, dense)[0]
+        after = loaded.decode_prompted(backbone, embedding, early, sparse, dense)[0]
+        bare = make_adapters(backbone).decode_prompted(backbone, embedding, early, sparse, dense)[0]
+    # Rounding changes the logits far less than a different decoder does.
+    assert (after - before).abs().max() < 0.1 * (bare - before).abs().max()

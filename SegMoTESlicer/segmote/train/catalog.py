@@ -37,11 +37,11 @@ PAIRS_ROW_BUDGET: dict[str, Optional[int]] = {
     "breast_us_busi": None,
     "cardiac_mri_acdc": None,
     "ct_lesion_deeplesion": None,
-    "cxr_lungs": 12,
+    "cxr_lungs": None,
     "dermoscopy_isic": None,
     "fundus_drive": 8,
     "polyp_kvasir": None,
-    "thyroid_us_tg3k": 16,
+    "thyroid_us_tg3k": 40,
 }
 
 # Axial slices taken from each 3-D case of a pairs.tsv folder.

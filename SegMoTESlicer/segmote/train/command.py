@@ -54,6 +54,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     model.add_argument("--device", default="auto", help="auto, cpu or cuda")
     model.add_argument("--unfreeze-decoder", action="store_true",
                        help="also train a copy of SAM's mask decoder (in-domain setting; larger adapters)")
+    model.add_argument("--init", type=Path, metavar="ADAPTERS",
+                       help="start from these adapters (same backbone and structures) instead of a fresh warm start")
+    model.add_argument("--ppt-only", action="store_true",
+                       help="train only the learned prompt tokens; MoTE and any decoder copy stay as initialised")
     model.add_argument("--no-warm-start", action="store_true",
                        help="start the expert tokens at random instead of from SAM's first mask token")
 
@@ -68,6 +72,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     run.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
     run.add_argument("--ppt-lr-scale", type=float, default=1.0,
                      help="factor on the learning rate of the prompt tokens, which start from random values (default: 1)")
+    run.add_argument("--decoder-lr-scale", type=float, default=1.0,
+                     help="factor on the learning rate of the decoder copy trained with --unfreeze-decoder (default: 1)")
+    run.add_argument("--cosine", action="store_true",
+                     help="decay the learning rates to zero along a half cosine over --epochs")
+    run.add_argument("--box-probability", type=float, default=0.5,
+                     help="chance that a prompted batch starts from a box rather than a click (default: 0.5)")
     run.add_argument("--max-corrective-rounds", type=int, default=2, help="most corrective clicks per prompted batch")
     run.add_argument("--auto-rounds", type=int, default=3, help="progressive rounds per auto batch (default: 3)")
     run.add_argument("--auto-fraction", type=float, default=0.4, help="share of steps on automatic targets (default: 0.4)")
@@ -120,6 +130,21 @@ def _provenance(slices: list, structures: list[str], backbone, command: str) -> 
     }
 
 
+def _initial_adapters(path: Path, backbone, structures: list[str], metadata: dict):
+    """Load adapters to continue training from, with this run's provenance; raise InputError on a mismatch."""
+    from ..model.adapters import load_adapters
+
+    adapters = load_adapters(path, backbone)
+    if adapters.structures != structures:
+        raise InputError(
+            f"--init {path} has structures {','.join(adapters.structures)}; pass the same list with --structures"
+        )
+    adapters.metadata = {**metadata, "initialised_from": adapters.metadata.get("training_command", str(path))}
+    adapters.requires_grad_(True)
+    adapters.train()
+    return adapters
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run ``segmote train``; return the exit status (0 on success)."""
     import torch
@@ -154,10 +179,16 @@ def run_train(args: argparse.Namespace) -> int:
     adapters = SegMoTEAdapters(
         SegMoTEAdapters.default_config(backbone, structures), _provenance(slices, structures, backbone, command)
     )
-    if not args.no_warm_start:
-        adapters.warm_start(backbone)
-    if args.unfreeze_decoder:
-        adapters.unfreeze_decoder(backbone)
+    if args.init is not None:
+        adapters = _initial_adapters(args.init, backbone, structures, adapters.metadata)
+    else:
+        if not args.no_warm_start:
+            adapters.warm_start(backbone)
+        if args.unfreeze_decoder:
+            adapters.unfreeze_decoder(backbone)
+    if args.ppt_only:
+        for name, parameter in adapters.named_parameters():
+            parameter.requires_grad_(name.startswith("ppt."))
     adapters.to(device)
 
     config = TrainConfig(
@@ -168,6 +199,9 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         ppt_learning_rate_scale=args.ppt_lr_scale,
+        decoder_learning_rate_scale=args.decoder_lr_scale,
+        cosine=args.cosine,
+        box_probability=args.box_probability,
         max_corrective_rounds=args.max_corrective_rounds,
         auto_rounds=args.auto_rounds,
         auto_fraction=args.auto_fraction,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ class TrainConfig:
         learning_rate: AdamW learning rate of the MoTE parameters.
         ppt_learning_rate_scale: factor on the learning rate of the prompt tokens,
             which start from random values while MoTE starts from SAM's mask token.
+        decoder_learning_rate_scale: factor on the learning rate of the trained
+            decoder copy (``unfreeze_decoder``), which starts from trained weights.
+        cosine: decay every learning rate along a half cosine from its start
+            value to zero over ``epochs`` (step by step), instead of keeping it constant.
         weight_decay: AdamW weight decay.
         box_probability: chance that a prompted batch starts from a box rather than a click.
         max_corrective_rounds: corrective clicks per prompted batch, drawn from 0 to this.
@@ -78,6 +83,8 @@ class TrainConfig:
     batch_size: int = 4
     learning_rate: float = 1e-4
     ppt_learning_rate_scale: float = 1.0
+    decoder_learning_rate_scale: float = 1.0
+    cosine: bool = False
     weight_decay: float = 0.01
     box_probability: float = 0.5
     max_corrective_rounds: int = 2
@@ -136,15 +143,32 @@ class Trainer:
         if not self.targets.train_prompted:
             raise InputError("no training targets left after curation and the patient split; add data")
         self.device = backbone.pixel_mean.device
-        ppt = [p for name, p in adapters.named_parameters() if name.startswith("ppt.") and p.requires_grad]
-        rest = [p for name, p in adapters.named_parameters() if not name.startswith("ppt.") and p.requires_grad]
-        groups = [{"params": rest, "lr": config.learning_rate}]
-        if ppt:
-            groups.append({"params": ppt, "lr": config.learning_rate * config.ppt_learning_rate_scale})
-        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=config.learning_rate, weight_decay=config.weight_decay)
         self.epoch = 0
         self.best_dice = -1.0
         self.neighbours = self._neighbour_index()
+
+    def _parameter_groups(self) -> list[dict]:
+        """Build one AdamW group per part (MoTE, prompt tokens, decoder copy), each with its own learning rate."""
+        scales = {"ppt.": self.config.ppt_learning_rate_scale, "mask_decoder.": self.config.decoder_learning_rate_scale}
+        groups: dict[str, list[torch.nn.Parameter]] = {"": [], "ppt.": [], "mask_decoder.": []}
+        for name, parameter in self.adapters.named_parameters():
+            if parameter.requires_grad:
+                prefix = next((p for p in scales if name.startswith(p)), "")
+                groups[prefix].append(parameter)
+        return [
+            {"params": params, "lr": self.config.learning_rate * scales.get(prefix, 1.0), "start_lr": self.config.learning_rate * scales.get(prefix, 1.0)}
+            for prefix, params in groups.items()
+            if params
+        ]
+
+    def _set_learning_rate(self, progress: float) -> None:
+        """Apply the half-cosine decay at ``progress`` in [0, 1] of the run (no-op unless ``cosine``)."""
+        if not self.config.cosine:
+            return
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["start_lr"] * factor
 
     # Slices of one volume named <prefix>k<index> are neighbours along k.
     def _neighbour_index(self) -> dict[int, list[int]]:
@@ -333,8 +357,9 @@ class Trainer:
         batches += [("auto", auto_pick[i : i + size]) for i in range(0, len(auto_pick), size)]
         order = self.rng.permutation(len(batches))
         records = []
-        for position in tqdm(order, desc=f"epoch {self.epoch + 1}", unit="batch", leave=False):
+        for step, position in enumerate(tqdm(order, desc=f"epoch {self.epoch + 1}", unit="batch", leave=False)):
             kind, batch = batches[position]
+            self._set_learning_rate((self.epoch + step / len(order)) / config.epochs)
             self.optimizer.zero_grad(set_to_none=True)
             step_records = self.prompted_step(batch) if kind == "prompted" else self.auto_step(batch)
             if kind == "auto" and config.auto_trains_ppt_only:
