@@ -22,19 +22,13 @@ from segmote.client import JobCancelledError, RemoteInputError, SegMoTEClient
 from segmote.engine.session import Engine, VolumeSession
 from segmote.engine.volume import read_volume, volume_from_array
 from segmote.model.adapters import SegMoTEAdapters, save_adapters
-from test_server_harness import PROMPT_SLICE_K, ServerProcess, error_of, http_request
+from test_server_harness import TORCH_THREADS, one_torch_thread, PROMPT_SLICE_K, ServerProcess, error_of, http_request
 
 STRUCTURES = ["liver", "spleen"]
-TORCH_THREADS = 1
 SLICES = 4  # axial slices of the test volume; auto encodes each once
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(TORCH_THREADS)
-    yield
-    torch.set_num_threads(previous)
+# The harness fixture is imported above, so pytest finds it by name here.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

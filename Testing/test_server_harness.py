@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 LISTENING_PREFIX = "SegMoTE server listening on "
@@ -30,6 +31,22 @@ LIVER, SPLEEN, STOMACH = 5, 1, 6
 
 # The axial slice of ct_abdomen_small with the largest liver area (2083 voxels).
 PROMPT_SLICE_K = 24
+
+# One torch thread on both sides: the same thread count keeps float sums in
+# the same order, and on a shared machine with few cores one thread was
+# several times faster per click than two.
+TORCH_THREADS = 1
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run the test process's torch on :data:`TORCH_THREADS` threads for one module."""
+    import torch  # imported here, so the harness itself stays torch-free
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    yield
+    torch.set_num_threads(previous)
 
 
 class ServerProcess:

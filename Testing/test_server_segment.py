@@ -19,23 +19,13 @@ from segmote.client import SegMoTEClient
 from segmote.engine.session import Engine, VolumeSession
 from segmote.engine.volume import read_volume
 from segmote.protocol import parse_prompts
-from test_server_harness import LIVER, PROMPT_SLICE_K, SPLEEN, STOMACH, ServerProcess, box_ijk, box_prompts, read_labels
+from test_server_harness import TORCH_THREADS, one_torch_thread, LIVER, PROMPT_SLICE_K, SPLEEN, STOMACH, ServerProcess, box_ijk, box_prompts, read_labels
 
 THREADS = 8
 
 
-# One torch thread on both sides: the same thread count keeps float sums in
-# the same order, and on a shared machine with few cores one thread was
-# several times faster per click than two.
-TORCH_THREADS = 1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(TORCH_THREADS)
-    yield
-    torch.set_num_threads(previous)
+# The harness fixture is imported above, so pytest finds it by name here.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
