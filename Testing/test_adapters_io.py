@@ -141,7 +141,7 @@ def test_shipped_adapters_load(backbone):
         assert name in adapters.structures
 
 
-def test_trained_decoder_copy_stored_in_half_precision(backbone, tmp_path: Path):
+def test_decoder_copy_stored_float16(backbone, tmp_path: Path):
     # The in-domain option stores a trained copy of SAM's decoder in float16:
     # the file must stay within the shipping budget, and outputs must stay
     # close to the float32 ones (the rounding is the only difference).

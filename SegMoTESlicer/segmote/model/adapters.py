@@ -195,10 +195,10 @@ def save_adapters(adapters: SegMoTEAdapters, path: Path | str) -> None:
     A trained decoder copy is written in float16 (:data:`STORED_DECODER_DTYPE`), everything else in float32.
     """
     path = Path(path)
-    tensors = {
-        name: tensor.detach().to(STORED_DECODER_DTYPE if name.startswith(DECODER_PREFIX) else torch.float32).cpu().contiguous()
-        for name, tensor in adapters.state_dict().items()
-    }
+    tensors = {}
+    for name, tensor in adapters.state_dict().items():
+        dtype = STORED_DECODER_DTYPE if name.startswith(DECODER_PREFIX) else torch.float32
+        tensors[name] = tensor.detach().to(dtype).cpu().contiguous()
     header = {"config": adapters.config, "metadata": adapters.metadata, "format_version": FORMAT_VERSION}
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)

@@ -14,12 +14,16 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from .. import __version__
 from ..errors import InputError
 from .catalog import AUTO_STRUCTURES, iter_default_samples
 from .sources import LICENCES, SliceSample, iter_instance_folder, iter_labelled_volume, iter_pairs_folder, read_label_table
+
+if TYPE_CHECKING:
+    from ..model.adapters import SegMoTEAdapters
+    from ..model.backbones import Backbone
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +59,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     model.add_argument("--unfreeze-decoder", action="store_true",
                        help="also train a copy of SAM's mask decoder (in-domain setting; larger adapters)")
     model.add_argument("--init", type=Path, metavar="ADAPTERS",
-                       help="start from these adapters (same backbone and structures) instead of a fresh warm start")
+                       help="start from these adapters (same backbone and structures) instead of a fresh warm start; "
+                            "a decoder copy in the file is trained on")
     model.add_argument("--ppt-only", action="store_true",
                        help="train only the learned prompt tokens; MoTE and any decoder copy stay as initialised")
     model.add_argument("--no-warm-start", action="store_true",
@@ -130,8 +135,13 @@ def _provenance(slices: list, structures: list[str], backbone, command: str) -> 
     }
 
 
-def _initial_adapters(path: Path, backbone, structures: list[str], metadata: dict):
-    """Load adapters to continue training from, with this run's provenance; raise InputError on a mismatch."""
+def _initial_adapters(path: Path, backbone: Backbone, structures: list[str]) -> SegMoTEAdapters:
+    """Load adapters to continue training from, trainable and in training mode.
+
+    Raises:
+        InputError: the file's structures differ from ``structures``.
+        ModelError: the file is missing, corrupt or made for another backbone.
+    """
     from ..model.adapters import load_adapters
 
     adapters = load_adapters(path, backbone)
@@ -139,7 +149,6 @@ def _initial_adapters(path: Path, backbone, structures: list[str], metadata: dic
         raise InputError(
             f"--init {path} has structures {','.join(adapters.structures)}; pass the same list with --structures"
         )
-    adapters.metadata = {**metadata, "initialised_from": adapters.metadata.get("training_command", str(path))}
     adapters.requires_grad_(True)
     adapters.train()
     return adapters
@@ -160,8 +169,12 @@ def run_train(args: argparse.Namespace) -> int:
     structures = [name.strip() for name in args.structures.split(",") if name.strip()]
     if args.output.suffix != ".safetensors":
         raise InputError(f"--output {args.output}: adapters are written as .safetensors; use that extension")
+    if args.ppt_only and not structures:
+        raise InputError("--ppt-only trains the prompt tokens of named structures; pass --structures")
     device = resolve_device(args.device)
     backbone = build_backbone(args.backbone, args.checkpoint, device)
+    # Check --init before the long encoder pass, so a wrong file fails at once.
+    initial = _initial_adapters(args.init, backbone, structures) if args.init is not None else None
     cache_dir = args.cache or Path(".cache/segmote-train") / backbone.info.name
     args.work_dir.mkdir(parents=True, exist_ok=True)
 
@@ -176,16 +189,16 @@ def run_train(args: argparse.Namespace) -> int:
 
     # Build the adapters with their provenance.
     command = "segmote train " + " ".join(shlex.quote(part) for part in sys.argv[2:]) if len(sys.argv) > 2 else "segmote train"
-    adapters = SegMoTEAdapters(
-        SegMoTEAdapters.default_config(backbone, structures), _provenance(slices, structures, backbone, command)
-    )
-    if args.init is not None:
-        adapters = _initial_adapters(args.init, backbone, structures, adapters.metadata)
+    provenance = _provenance(slices, structures, backbone, command)
+    if initial is not None:
+        adapters = initial
+        adapters.metadata = {**provenance, "initialised_from": initial.metadata.get("training_command", str(args.init))}
     else:
+        adapters = SegMoTEAdapters(SegMoTEAdapters.default_config(backbone, structures), provenance)
         if not args.no_warm_start:
             adapters.warm_start(backbone)
-        if args.unfreeze_decoder:
-            adapters.unfreeze_decoder(backbone)
+    if args.unfreeze_decoder and adapters.mask_decoder is None:
+        adapters.unfreeze_decoder(backbone)
     if args.ppt_only:
         for name, parameter in adapters.named_parameters():
             parameter.requires_grad_(name.startswith("ppt."))

@@ -28,7 +28,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from ..errors import InputError
-from ..model.adapters import SegMoTEAdapters, save_adapters
+from ..model.adapters import DECODER_PREFIX, SegMoTEAdapters, save_adapters
 from ..model.backbones import Backbone
 from ..model.mote import balance_loss
 from .cache import CachedSlice
@@ -150,17 +150,19 @@ class Trainer:
 
     def _parameter_groups(self) -> list[dict]:
         """Build one AdamW group per part (MoTE, prompt tokens, decoder copy), each with its own learning rate."""
-        scales = {"ppt.": self.config.ppt_learning_rate_scale, "mask_decoder.": self.config.decoder_learning_rate_scale}
-        groups: dict[str, list[torch.nn.Parameter]] = {"": [], "ppt.": [], "mask_decoder.": []}
+        scales = {"": 1.0, "ppt.": self.config.ppt_learning_rate_scale, DECODER_PREFIX: self.config.decoder_learning_rate_scale}
+        groups: dict[str, list[torch.nn.Parameter]] = {prefix: [] for prefix in scales}
         for name, parameter in self.adapters.named_parameters():
             if parameter.requires_grad:
-                prefix = next((p for p in scales if name.startswith(p)), "")
+                prefix = next((p for p in scales if p and name.startswith(p)), "")
                 groups[prefix].append(parameter)
-        return [
-            {"params": params, "lr": self.config.learning_rate * scales.get(prefix, 1.0), "start_lr": self.config.learning_rate * scales.get(prefix, 1.0)}
-            for prefix, params in groups.items()
-            if params
-        ]
+
+        parameter_groups = []
+        for prefix, params in groups.items():
+            if params:
+                learning_rate = self.config.learning_rate * scales[prefix]
+                parameter_groups.append({"params": params, "lr": learning_rate, "start_lr": learning_rate})
+        return parameter_groups
 
     def _set_learning_rate(self, progress: float) -> None:
         """Apply the half-cosine decay at ``progress`` in [0, 1] of the run (no-op unless ``cosine``)."""
